@@ -1,0 +1,1 @@
+"""Ingest stage: the MQTT client (the only module that imports paho)."""

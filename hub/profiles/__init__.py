@@ -1,0 +1,1 @@
+"""Device profiles: the YAML format, topic routing, the decoder and golden vectors."""

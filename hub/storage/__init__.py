@@ -1,0 +1,1 @@
+"""Storage stage: line protocol, the InfluxDB HTTP client and the batching writer."""
