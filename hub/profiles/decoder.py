@@ -172,9 +172,14 @@ def _convert(value: Any, type_: str, what: str, text: TextNumbers) -> FieldValue
     if type_ == "bool":
         if isinstance(value, bool):
             return value
-        if text is not None and isinstance(value, str) and value.strip().lower() in (
-            "true",
-            "false",
+        if (
+            text is not None
+            and isinstance(value, str)
+            and value.strip().lower()
+            in (
+                "true",
+                "false",
+            )
         ):
             return value.strip().lower() == "true"
         raise DecodeError("wrong_type", f"{what}: expected a boolean, got {value!r}")
@@ -188,9 +193,10 @@ def _convert(value: Any, type_: str, what: str, text: TextNumbers) -> FieldValue
     raise DecodeError("wrong_type", f"{what}: expected a string, got {_type_name(value)}")
 
 
-def compile_value(name: str, spec: ValueSpec, text: TextNumbers) -> Evaluator:
-    """An evaluator for one field/tag: ``None`` means "absent, omit it"."""
-    what = name
+def _finisher(
+    spec: ValueSpec, what: str, source_text: str, text: TextNumbers
+) -> Callable[[Any], FieldValue | None]:
+    """Default, map, bit, scaling and type conversion of a raw value."""
     type_ = spec.type
 
     def finish(raw: Any) -> FieldValue | None:
@@ -218,16 +224,28 @@ def compile_value(name: str, spec: ValueSpec, text: TextNumbers) -> Evaluator:
             raw = number
         return _convert(raw, type_, what, text)
 
+    return finish
+
+
+def _source_text(spec: ValueSpec) -> str:
+    if spec.from_ is not None:
+        return spec.from_
+    if spec.sum is not None:
+        return "sum of " + ", ".join(spec.sum)
+    return spec.count or spec.join or "const"
+
+
+def compile_value(name: str, spec: ValueSpec, text: TextNumbers) -> Evaluator:
+    """An evaluator for one field/tag: ``None`` means "absent, omit it"."""
+    what = name
+    finish = _finisher(spec, name, _source_text(spec), text)
     if spec.const is not None:
-        source_text = "const"
         const = spec.const
         return lambda c: finish(const)
     if spec.from_ is not None:
-        source_text = spec.from_
         getter = compile_ref(spec.from_)
         return lambda c: finish(getter(c))
     if spec.sum is not None:
-        source_text = "sum of " + ", ".join(spec.sum)
         getters = [(ref, compile_ref(ref)) for ref in spec.sum]
 
         def total(c: Ctx) -> FieldValue | None:
@@ -242,7 +260,6 @@ def compile_value(name: str, spec: ValueSpec, text: TextNumbers) -> Evaluator:
         return total
     list_ref = spec.count if spec.count is not None else spec.join
     assert list_ref is not None  # noqa: S101  # guaranteed by ValueSpec._one_source
-    source_text = list_ref
     list_getter = compile_ref(list_ref)
     counting = spec.count is not None
     separator = spec.separator
@@ -381,7 +398,7 @@ def _compile_select(spec: SelectSpec) -> Callable[[Any], Any]:
         best: Any = MISSING
         best_value: float = 0.0
         for entry in items:
-            value = entry.get(key) if isinstance(entry, dict) else None
+            value: Any = entry.get(key) if isinstance(entry, dict) else None
             if not _is_number(value):
                 continue
             if best is MISSING or (value > best_value if biggest else value < best_value):
@@ -479,7 +496,9 @@ class MessageDecoder:
                     "wrong_column_count",
                     f"line {number} has {len(cells)} columns, expected {len(columns)}",
                 )
-            rows.append({name: cell.strip() or MISSING for name, cell in zip(columns, cells)})
+            rows.append(
+                {name: cell.strip() or MISSING for name, cell in zip(columns, cells, strict=True)}
+            )
         if not rows:
             raise DecodeError("empty_payload", "payload has no lines")
         return rows

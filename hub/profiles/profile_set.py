@@ -15,9 +15,9 @@ import yaml
 from pydantic import ValidationError
 
 from hub.errors import DecodeError, ProfileError
-from hub.model import Decoded, DeadLetter, RawMessage
+from hub.model import DeadLetter, Decoded, RawMessage
 from hub.profiles.decoder import MessageDecoder
-from hub.profiles.schema import Profile
+from hub.profiles.schema import MessageSpec, Profile
 from hub.profiles.topics import Router, TopicMismatch, TopicPattern
 
 UNROUTED = "_unrouted"
@@ -45,6 +45,45 @@ def _key(loc: tuple[int | str, ...]) -> str:
     return ".".join(str(part) for part in loc) or "(top level)"
 
 
+def _message_refs(message: MessageSpec) -> list[str]:
+    refs = [*message.device_id]
+    for point in message.points:
+        for spec in [*point.tags.values(), *point.fields.values()]:
+            refs += [r for r in (spec.from_, spec.count, spec.join) if r] + (spec.sum or [])
+    return refs
+
+
+def _check_message(path: Path, key: str, message: MessageSpec) -> None:
+    """Cross-checks pydantic cannot do alone: references against topic, frame, selections."""
+    try:
+        pattern = TopicPattern(message.topic)
+    except ValueError as exc:
+        raise ProfileError(str(path), f"{key}.topic", str(exc)) from exc
+    frame_names = (
+        {f.name for layout in message.frame.layouts.values() for f in layout}
+        if message.frame is not None
+        else set()
+    )
+    for ref in _message_refs(message):
+        prefix, _, rest = ref.partition(":")
+        problem = None
+        if prefix == "topic" and rest not in pattern.names:
+            problem = f"{ref!r} names no level of topic {message.topic!r}"
+        elif prefix == "frame" and rest not in frame_names:
+            problem = f"{ref!r} is in no frame layout"
+        elif prefix == "pick" and rest.split(".")[0] not in message.select:
+            problem = f"{ref!r} names no selection in 'select'"
+        if problem:
+            raise ProfileError(str(path), key, problem)
+    for index, point in enumerate(message.points):
+        if message.format == "delimited" and point.each is not None:
+            raise ProfileError(
+                str(path),
+                f"{key}.points.{index}.each",
+                "delimited payloads already make one point per line",
+            )
+
+
 def load_profile(path: Path) -> LoadedProfile:
     """Read and validate one profile file; ``ProfileError`` names file, key and reason."""
     try:
@@ -61,36 +100,7 @@ def load_profile(path: Path) -> LoadedProfile:
         first = exc.errors()[0]
         raise ProfileError(str(path), _key(first["loc"]), first["msg"]) from exc
     for index, message in enumerate(profile.messages):
-        key = f"messages.{index}"
-        try:
-            pattern = TopicPattern(message.topic)
-        except ValueError as exc:
-            raise ProfileError(str(path), f"{key}.topic", str(exc)) from exc
-        refs = [*message.device_id]
-        for point in message.points:
-            for spec in [*point.tags.values(), *point.fields.values()]:
-                refs += [r for r in (spec.from_, spec.count, spec.join) if r] + (spec.sum or [])
-        for ref in refs:
-            if ref.startswith("topic:") and ref[6:] not in pattern.names:
-                raise ProfileError(
-                    str(path), key, f"{ref!r} names no level of topic {message.topic!r}"
-                )
-            if ref.startswith("frame:") and message.frame is None:
-                raise ProfileError(str(path), key, f"{ref!r} but the message has no frame")
-            if ref.startswith("pick:") and ref[5:].split(".")[0] not in message.select:
-                raise ProfileError(str(path), key, f"{ref!r} names no selection in 'select'")
-        for p_index, point in enumerate(message.points):
-            if message.format == "delimited" and point.each is not None:
-                raise ProfileError(
-                    str(path),
-                    f"{key}.points.{p_index}.each",
-                    "delimited payloads already make one point per line",
-                )
-        if message.frame is not None:
-            frame_names = {f.name for layout in message.frame.layouts.values() for f in layout}
-            for ref in refs:
-                if ref.startswith("frame:") and ref[6:] not in frame_names:
-                    raise ProfileError(str(path), key, f"{ref!r} is in no frame layout")
+        _check_message(path, f"messages.{index}", message)
     return LoadedProfile(profile, path)
 
 

@@ -1,0 +1,224 @@
+"""The MQTT client: the only module that imports paho-mqtt.
+
+``MqttLink`` holds one MQTT v5 connection with a persistent session (fixed client id,
+clean start off, session expiry) and manual acknowledgement: a QoS 1 message is PUBACKed only
+when the pipeline calls ``ack`` after its points are durably written. Until then the broker
+keeps it and redelivers it after a reconnect or a hub restart.
+
+paho runs its network loop in its own thread; ``on_message`` only builds a ``RawMessage`` and
+hands it to the sink (a bounded queue put), so decoding and I/O never run on that thread.
+Reconnects use paho's exponential backoff (1 s .. 30 s); subscriptions are renewed on every
+(re)connect, with retain-handling "only on a new subscription" so a reconnect does not replay
+retained messages.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+from paho.mqtt.subscribeoptions import SubscribeOptions
+
+from hub.errors import BrokerError
+from hub.model import RawMessage
+from hub.settings import MqttEndpoint
+
+log = logging.getLogger(__name__)
+
+MessageSink = Callable[[RawMessage], None]
+
+
+def wall_clock_ms() -> int:
+    """Milliseconds since the epoch: the receive time stamped on each message."""
+    return time.time_ns() // 1_000_000
+
+
+class MqttLink:
+    """One broker connection: subscribe, receive, acknowledge and publish."""
+
+    def __init__(
+        self,
+        endpoint: MqttEndpoint,
+        client_id: str,
+        *,
+        persistent: bool = True,
+        session_expiry_s: int = 7 * 24 * 3600,
+        receive_maximum: int = 20_000,
+        keepalive_s: int = 30,
+        ca_file: str | None = None,
+        manual_ack: bool = True,
+        clock_ms: Callable[[], int] = wall_clock_ms,
+    ) -> None:
+        self._endpoint = endpoint
+        self._clock_ms = clock_ms
+        self._persistent = persistent
+        self._keepalive = keepalive_s
+        self._client = paho.Client(
+            callback_api_version=CallbackAPIVersion.VERSION2,
+            client_id=client_id,
+            protocol=paho.MQTTv5,
+            manual_ack=manual_ack,
+        )
+        self._client.enable_logger(logging.getLogger("hub.mqtt.paho"))
+        if endpoint.username is not None:
+            self._client.username_pw_set(endpoint.username, endpoint.password)
+        if endpoint.tls:
+            self._client.tls_set(ca_certs=ca_file, tls_version=ssl.PROTOCOL_TLS_CLIENT)
+        self._client.reconnect_delay_set(min_delay=1, max_delay=30)
+        # Dead letters and alerts are few; a window of 200 keeps their confirmation fast.
+        self._client.max_inflight_messages_set(200)
+        self._props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]  # paho lacks annotations here
+        self._props.SessionExpiryInterval = session_expiry_s if persistent else 0
+        self._props.ReceiveMaximum = receive_maximum
+        self._subscriptions: list[tuple[str, int]] = []
+        self._sink: MessageSink | None = None
+        self._connected = threading.Event()
+        self._refused: str | None = None
+        self._published: set[int] = set()
+        self._publish_cond = threading.Condition()
+        self.connects = 0
+        self._client.on_connect = self._on_connect
+        self._client.on_disconnect = self._on_disconnect
+        self._client.on_message = self._on_message
+        self._client.on_publish = self._on_publish
+
+    # -- paho callbacks (network thread) -------------------------------------------------
+
+    def _on_connect(
+        self,
+        client: paho.Client,
+        userdata: Any,
+        flags: paho.ConnectFlags,
+        reason: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        if reason.is_failure:
+            self._refused = str(reason)
+            log.error("broker %r refused the connection: %s", self._endpoint, reason)
+            return
+        self._refused = None
+        self.connects += 1
+        log.info("connected to %r (session present: %s)", self._endpoint, flags.session_present)
+        if self._subscriptions:
+            client.subscribe(
+                [
+                    (topic, SubscribeOptions(qos=qos, retainHandling=1))
+                    for topic, qos in self._subscriptions
+                ]
+            )
+        self._connected.set()
+
+    def _on_disconnect(
+        self,
+        client: paho.Client,
+        userdata: Any,
+        flags: paho.DisconnectFlags,
+        reason: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        self._connected.clear()
+        log.warning("disconnected from %r: %s", self._endpoint, reason)
+
+    def _on_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
+        sink = self._sink
+        if sink is None:
+            return  # stopping: not acked, so the broker redelivers it after restart
+        sink(
+            RawMessage(
+                message.topic,
+                bytes(message.payload),
+                self._clock_ms(),
+                message.qos,
+                message.mid,
+                message.retain,
+            )
+        )
+
+    def _on_publish(
+        self,
+        client: paho.Client,
+        userdata: Any,
+        mid: int,
+        reason: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        with self._publish_cond:
+            self._published.add(mid)
+            self._publish_cond.notify_all()
+
+    # -- public surface ------------------------------------------------------------------
+
+    def start(self, subscriptions: Sequence[str], qos: int, sink: MessageSink | None) -> None:
+        """Connect in the background (with retries) and subscribe to ``subscriptions``."""
+        self._subscriptions = [(topic, qos) for topic in subscriptions]
+        self._sink = sink
+        self._client.connect_async(
+            self._endpoint.host,
+            self._endpoint.port,
+            keepalive=self._keepalive,
+            clean_start=not self._persistent,
+            properties=self._props,
+        )
+        self._client.loop_start()
+
+    def wait_connected(self, timeout_s: float) -> None:
+        """Block until connected; ``BrokerError`` after ``timeout_s`` or when refused."""
+        deadline = time.monotonic() + timeout_s
+        while not self._connected.wait(0.1):
+            if self._refused is not None:
+                raise BrokerError(f"broker {self._endpoint!r} refused the hub: {self._refused}")
+            if time.monotonic() > deadline:
+                raise BrokerError(f"broker {self._endpoint!r} not reachable in {timeout_s} s")
+
+    @property
+    def connected(self) -> bool:
+        """True while the connection is up."""
+        return self._connected.is_set()
+
+    def pause(self) -> None:
+        """Stop handing messages to the sink (they stay unacked, so the broker keeps them)."""
+        self._sink = None
+
+    def ack(self, message: RawMessage) -> None:
+        """Acknowledge a QoS 1 message to the broker (no-op for QoS 0)."""
+        if message.qos:
+            self._client.ack(message.mid, message.qos)
+
+    def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> int:
+        """Queue a publish; returns its message id for ``wait_published`` (QoS 1)."""
+        info = self._client.publish(topic, payload, qos=qos, retain=retain)
+        if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
+            # NO_CONN still queues a QoS 1 message: paho sends it after reconnecting.
+            raise BrokerError(f"publish to {topic!r} failed: {paho.error_string(info.rc)}")
+        return info.mid
+
+    def wait_published(self, mids: Sequence[int], timeout_s: float) -> bool:
+        """True once the broker confirmed every QoS 1 publish in ``mids``."""
+        deadline = time.monotonic() + timeout_s
+        pending = set(mids)
+        with self._publish_cond:
+            while True:
+                done = pending & self._published
+                self._published -= done
+                pending -= done
+                if not pending:
+                    return True
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._publish_cond.wait(remaining)
+
+    def stop(self) -> None:
+        """Disconnect cleanly and stop the network thread."""
+        self._sink = None
+        self._client.disconnect()
+        self._client.loop_stop()

@@ -1,0 +1,143 @@
+"""The device inventory (``devices.csv``) and the enrich step that adds its zone to points.
+
+``devices.csv`` columns: ``device_id,profile,zone,lat,lon,owner,installed_at``. Each row is
+validated at start-up; a bad row stops the hub with the file, the line and the reason.
+Devices that send but are not listed are stored with ``zone=unknown`` and listed as
+unregistered by ``DeviceRegistry``.
+"""
+
+from __future__ import annotations
+
+import csv
+import threading
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from hub.errors import ConfigError
+from hub.model import Decoded
+
+UNKNOWN_ZONE = "unknown"
+COLUMNS = ("device_id", "profile", "zone", "lat", "lon", "owner", "installed_at")
+
+
+class Device(BaseModel):
+    """One inventory row."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    device_id: str = Field(min_length=1)
+    profile: str = Field(min_length=1)
+    zone: str = Field(min_length=1)
+    lat: float | None = Field(default=None, ge=-90, le=90)
+    lon: float | None = Field(default=None, ge=-180, le=180)
+    owner: str = ""
+    installed_at: date | datetime | None = None
+
+
+class Inventory:
+    """Known devices by id."""
+
+    def __init__(self, devices: list[Device]) -> None:
+        self.devices = {d.device_id: d for d in devices}
+        self._zones = {d.device_id: d.zone for d in devices}
+
+    @classmethod
+    def load(cls, path: Path, *, required: bool = False) -> Inventory:
+        """Read ``path``; a missing file gives an empty inventory unless ``required``."""
+        if not path.exists():
+            if required:
+                raise ConfigError(f"{path}: inventory file does not exist")
+            return cls([])
+        try:
+            text = path.read_text(encoding="utf-8-sig")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{path}: cannot read the inventory: {exc}") from exc
+        reader = csv.DictReader(text.splitlines())
+        missing = [c for c in COLUMNS if c not in (reader.fieldnames or [])]
+        if missing:
+            raise ConfigError(f"{path}: header lacks columns {', '.join(missing)}")
+        devices: list[Device] = []
+        seen: set[str] = set()
+        for row in reader:
+            line = reader.line_num
+            values = {k: (v.strip() if isinstance(v, str) else v) for k, v in row.items() if k}
+            cleaned = {k: (v if v != "" else None) for k, v in values.items()}
+            for key in ("device_id", "profile", "zone", "owner"):
+                cleaned[key] = values.get(key) or ("" if key == "owner" else None)
+            try:
+                device = Device.model_validate(cleaned)
+            except ValidationError as exc:
+                first = exc.errors()[0]
+                where = ".".join(str(p) for p in first["loc"])
+                raise ConfigError(f"{path}:{line}: {where}: {first['msg']}") from exc
+            if device.device_id in seen:
+                raise ConfigError(f"{path}:{line}: device {device.device_id!r} listed twice")
+            seen.add(device.device_id)
+            devices.append(device)
+        return cls(devices)
+
+    def zone(self, device_id: str) -> str | None:
+        """The device's zone, or ``None`` when it is not listed."""
+        return self._zones.get(device_id)
+
+    def enrich(self, decoded: Decoded) -> bool:
+        """Add the inventory zone (or ``unknown``) to points without one; True if listed."""
+        zone = self._zones.get(decoded.device_id)
+        fill = zone if zone is not None else UNKNOWN_ZONE
+        for point in decoded.points:
+            if "zone" not in point.tags:
+                point.tags["zone"] = fill
+        return zone is not None
+
+
+@dataclass(slots=True)
+class DeviceSeen:
+    """What the hub has observed of one device."""
+
+    profile: str
+    registered: bool
+    last_seen_ms: int = 0
+    messages: int = 0
+    time_problems: dict[str, int] = field(default_factory=dict)
+
+
+class DeviceRegistry:
+    """Devices seen since start: last seen, registered or not, timestamp problems."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._seen: dict[str, DeviceSeen] = {}
+
+    def observe(self, decoded: Decoded, registered: bool, received_ms: int) -> None:
+        """Record one decoded message of a device."""
+        with self._lock:
+            seen = self._seen.get(decoded.device_id)
+            if seen is None:
+                seen = self._seen[decoded.device_id] = DeviceSeen(decoded.profile, registered)
+            seen.last_seen_ms = max(seen.last_seen_ms, received_ms)
+            seen.messages += 1
+            if decoded.time_problem is not None:
+                kind = decoded.time_problem.kind
+                seen.time_problems[kind] = seen.time_problems.get(kind, 0) + 1
+
+    def get(self, device_id: str) -> DeviceSeen | None:
+        """A copy of what was seen of ``device_id``."""
+        with self._lock:
+            seen = self._seen.get(device_id)
+            if seen is None:
+                return None
+            return DeviceSeen(
+                seen.profile,
+                seen.registered,
+                seen.last_seen_ms,
+                seen.messages,
+                dict(seen.time_problems),
+            )
+
+    def unregistered(self) -> list[str]:
+        """Ids of devices that sent data but are not in the inventory, sorted."""
+        with self._lock:
+            return sorted(d for d, seen in self._seen.items() if not seen.registered)

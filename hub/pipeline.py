@@ -1,0 +1,226 @@
+"""The hub's pipeline, wired. The stages and the bounded queues between them::
+
+      MQTT broker (QoS 1, persistent session, manual ack)
+          |  paho network thread: on_message only builds a RawMessage and enqueues it
+          v
+    [inbox]   bounded queue of RawMessage (>= Receive Maximum, so QoS 1 never blocks here)
+          |  decode thread: route by topic -> profile decode -> inventory zone -> line protocol;
+          |  bad input becomes a DeadLetter; batches close on size or age
+          v
+    [outbox]  bounded queue of Batch (a few batches: backpressure when InfluxDB is slow)
+          |  writer thread: points -> InfluxDB /write (gzip, retry, split on reject);
+          |  dead letters -> hub/deadletter/{profile} (QoS 1, confirmed)
+          v
+      ack every message of the batch to the broker
+
+Start is back to front (writer, decoder, then the MQTT subscription); stop is front to back:
+stop taking messages, drain the inbox through the decoder, flush the last batch, let the
+writer commit and ack everything, then disconnect. Nothing decoded is lost on a clean stop.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from hub.ingest.mqtt import MqttLink, wall_clock_ms
+from hub.inventory import DeviceRegistry, Inventory
+from hub.metrics import Metrics
+from hub.model import Decoded, RawMessage
+from hub.profiles.profile_set import ProfileSet
+from hub.settings import Settings
+from hub.storage import lineprotocol
+from hub.storage.influx import InfluxClient
+from hub.storage.writer import Batch, BatchWriter, Entry
+
+log = logging.getLogger(__name__)
+
+_STOP = object()
+
+
+@dataclass(frozen=True, slots=True)
+class Tuning:
+    """Batching and queue sizes (from ``Settings``)."""
+
+    batch_size: int = 5_000
+    flush_interval_s: float = 1.0
+    queue_size: int = 50_000
+    outbox_batches: int = 4
+
+
+class Hub:
+    """The running pipeline: one MQTT link, a decode thread and a writer thread."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        profiles: ProfileSet,
+        inventory: Inventory,
+        metrics: Metrics | None = None,
+        clock_ms: Callable[[], int] = wall_clock_ms,
+    ) -> None:
+        self.settings = settings
+        self.profiles = profiles
+        self.inventory = inventory
+        self.metrics = metrics or Metrics()
+        self.devices = DeviceRegistry()
+        self.tuning = Tuning(
+            batch_size=settings.batch_size,
+            flush_interval_s=settings.flush_interval_s,
+            queue_size=max(settings.queue_size, settings.mqtt_receive_maximum + 1_000),
+        )
+        self.inbox: queue.Queue[RawMessage | object] = queue.Queue(self.tuning.queue_size)
+        self.outbox: queue.Queue[Batch | object] = queue.Queue(self.tuning.outbox_batches)
+        self._stopping = threading.Event()
+        self.received = 0
+        self.link = MqttLink(
+            settings.mqtt,
+            settings.mqtt_client_id,
+            session_expiry_s=settings.mqtt_session_expiry_s,
+            receive_maximum=settings.mqtt_receive_maximum,
+            keepalive_s=settings.mqtt_keepalive_s,
+            ca_file=str(settings.mqtt_ca_file) if settings.mqtt_ca_file else None,
+            clock_ms=clock_ms,
+        )
+        self.store = InfluxClient(
+            settings.influx_url,
+            settings.influx_db,
+            retention_policy=settings.influx_rp,
+            token=settings.influx_token.get_secret_value() if settings.influx_token else None,
+            username=settings.influx_user,
+            password=(
+                settings.influx_password.get_secret_value() if settings.influx_password else None
+            ),
+            use_gzip=settings.influx_gzip,
+            timeout_s=settings.influx_timeout_s,
+        )
+        self.writer = BatchWriter(
+            self.store,
+            self.link,
+            self.link.ack,
+            self.metrics,
+            self._stopping,
+            retry_max_s=settings.retry_max_s,
+        )
+        self._threads: list[threading.Thread] = []
+        self.metrics.gauge("inbox_depth", self.inbox.qsize)
+        self.metrics.gauge("outbox_depth", self.outbox.qsize)
+        self.metrics.gauge("mqtt_connected", lambda: float(self.link.connected))
+        self.metrics.gauge("messages_received", lambda: float(self.received))
+
+    # -- receive path (paho thread) ----------------------------------------------------------
+
+    def _receive(self, message: RawMessage) -> None:
+        self.received += 1
+        # Never blocks for QoS 1 (the inbox is larger than Receive Maximum). QoS 0 has no flow
+        # control: blocking here pushes back on the TCP socket and the broker queues for us.
+        self.inbox.put(message)
+
+    # -- decode stage -------------------------------------------------------------------------
+
+    def decode_into(self, message: RawMessage, batch: Batch) -> None:
+        """Decode one message into ``batch`` (points, dead letter or ack-only)."""
+        result = self.profiles.decode(message)
+        if not isinstance(result, Decoded):
+            batch.dead.append(result)
+            self.metrics.inc(
+                "messages_dead_lettered_total", profile=result.profile, reason=result.reason
+            )
+            log.info(
+                "dead letter %s/%s on %s: %s",
+                result.profile,
+                result.reason,
+                message.topic,
+                result.detail,
+            )
+            return
+        registered = self.inventory.enrich(result)
+        self.devices.observe(result, registered, message.received_ms)
+        self.metrics.inc("messages_decoded_total", profile=result.profile)
+        if result.time_problem is not None:
+            self.metrics.inc(
+                "time_problems_total", profile=result.profile, kind=result.time_problem.kind
+            )
+        if not result.points:
+            batch.no_points.append(message)
+            return
+        lines = "\n".join(lineprotocol.encode(point) for point in result.points)
+        batch.entries.append(Entry(message, result.profile, lines, len(result.points)))
+        batch.points += len(result.points)
+
+    def _decode_loop(self) -> None:
+        batch = Batch()
+        size, age = self.tuning.batch_size, self.tuning.flush_interval_s
+        while True:
+            timeout = max(0.0, batch.opened + age - time.monotonic()) if len(batch) else age
+            try:
+                item = self.inbox.get(timeout=timeout)
+            except queue.Empty:
+                item = None
+            if item is _STOP:
+                if len(batch):
+                    self.outbox.put(batch)
+                self.outbox.put(_STOP)
+                return
+            if isinstance(item, RawMessage):
+                if not len(batch):
+                    batch.opened = time.monotonic()
+                try:
+                    self.decode_into(item, batch)
+                except Exception:  # the hub never stops on a payload; this is a bug path
+                    log.exception("unexpected error decoding %s", item.topic)
+                    self.metrics.inc("decode_bugs_total")
+                    batch.no_points.append(item)
+            if len(batch) and (batch.points >= size or time.monotonic() - batch.opened >= age):
+                self.outbox.put(batch)
+                batch = Batch()
+
+    # -- writer stage -------------------------------------------------------------------------
+
+    def _write_loop(self) -> None:
+        while True:
+            item = self.outbox.get()
+            if item is _STOP:
+                return
+            if isinstance(item, Batch) and not self.writer.commit(item):
+                # aborted by shutdown: drop the rest unacknowledged (the broker redelivers)
+                while self.outbox.get() is not _STOP:
+                    pass
+                return
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    def start(self, connect_timeout_s: float = 30.0) -> None:
+        """Start writer, decoder, then the MQTT subscription (back to front)."""
+        for name, target in (("hub-writer", self._write_loop), ("hub-decoder", self._decode_loop)):
+            thread = threading.Thread(target=target, name=name, daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        self.link.start(self.profiles.subscriptions, self.settings.mqtt_qos, self._receive)
+        self.link.wait_connected(connect_timeout_s)
+        log.info(
+            "hub running: %d profiles, %d subscriptions, %d inventory devices",
+            len(self.profiles.profiles),
+            len(self.profiles.subscriptions),
+            len(self.inventory.devices),
+        )
+
+    def stop(self, timeout_s: float = 60.0) -> None:
+        """Stop taking messages, drain and commit what was taken, then disconnect."""
+        self.link.pause()
+        self.inbox.put(_STOP)
+        deadline = time.monotonic() + timeout_s
+        for thread in reversed(self._threads):
+            thread.join(max(0.0, deadline - time.monotonic()))
+        if any(t.is_alive() for t in self._threads):
+            # InfluxDB or the broker is still down: give up waiting, leave the rest unacked
+            self._stopping.set()
+            for thread in self._threads:
+                thread.join(5)
+        self.link.stop()
+        self.store.close()
+        log.info("hub stopped: %d messages received", self.received)
