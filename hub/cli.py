@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import threading
@@ -22,7 +23,7 @@ from pydantic import ValidationError
 from hub import __version__
 from hub.errors import BrokerError, ConfigError
 from hub.inventory import Inventory
-from hub.pipeline import Hub
+from hub.pipeline import Hub, make_store
 from hub.profiles.golden import run_all
 from hub.profiles.profile_set import ProfileSet
 from hub.settings import Settings
@@ -32,6 +33,13 @@ log = logging.getLogger("hub")
 
 def load_settings() -> Settings:
     """Settings from the environment, or ``ConfigError`` naming the bad variable."""
+    known = {f"HUB_{name.upper()}" for name in Settings.model_fields}
+    unknown = sorted(k for k in os.environ if k.startswith("HUB_") and k not in known)
+    if unknown:
+        # a mistyped variable would otherwise be ignored silently and its default used
+        raise ConfigError(
+            f"unknown settings {', '.join(unknown)}; known: {', '.join(sorted(known))}"
+        )
     try:
         return Settings()
     except ValidationError as exc:
@@ -102,6 +110,80 @@ def cmd_profiles_test(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def cmd_show(args: argparse.Namespace) -> int:
+    """Print how many points each measurement of the loaded profiles holds, and the newest."""
+    settings = load_settings()
+    profiles = ProfileSet.load(settings.profiles_dir)
+    measurements = sorted(
+        {
+            p.measurement
+            for item in profiles.profiles
+            for m in item.profile.messages
+            for p in m.points
+        }
+    )
+    store = make_store(settings)
+    try:
+        for measurement in measurements:
+            # bounded in time: InfluxDB 3 Core refuses unbounded scans
+            where = f"WHERE time > now() - {args.hours}h AND time < now() + 1h"
+            # measurement names are identifiers, checked when the profiles load
+            series = store.query(f'SELECT count(*) FROM "{measurement}" {where}')  # noqa: S608
+            counts = [v for v in series[0]["values"][0][1:] if v] if series else []
+            newest = store.query(
+                f'SELECT * FROM "{measurement}" {where} ORDER BY time DESC LIMIT 1',  # noqa: S608
+                epoch="",
+            )
+            last = newest[0]["values"][0][0] if newest else "-"
+            print(f"{measurement:20} {max(counts, default=0):>10} points   newest {last}")
+    finally:
+        store.close()
+    return 0
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    """Publish a simulated fleet: the last ``--hours`` replayed fast, then live if asked."""
+    from hub.ingest.mqtt import MqttLink, wall_clock_ms  # noqa: PLC0415  # simulator only
+    from hub.simulate.fleet import Fleet, FleetSpec  # noqa: PLC0415
+    from hub.simulate.publish import replay  # noqa: PLC0415
+
+    settings = load_settings()
+    _setup_logging(settings.log_level)
+    fleet = Fleet(
+        FleetSpec(
+            parking_bays=args.bays,
+            cabinets=args.cabinets,
+            lamps_per_cabinet=args.lamps,
+            traffic_sites=args.sites,
+            seed=args.seed,
+        )
+    )
+    if args.write_inventory:
+        fleet.write_inventory(Path(args.write_inventory))
+        print(f"inventory of {sum(1 for _ in fleet.devices())} devices: {args.write_inventory}")
+        if args.inventory_only:
+            return 0
+    link = MqttLink(settings.mqtt, f"prato-sim-{os.getpid()}", persistent=False, manual_ack=False)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    link.start([], 1, None)
+    link.wait_connected(30)
+    try:
+        now = wall_clock_ms()
+        start = now - int(args.hours * 3600_000)
+        sent = replay(link, fleet, start, now, speed=args.speed, stop=stop)
+        print(f"replayed {args.hours} h of the fleet: {sent} messages")
+        while args.follow and not stop.is_set():
+            # live: one minute of the fleet's life per wall-clock minute
+            begin, now = now, wall_clock_ms() + 60_000
+            sent += replay(link, fleet, begin, now, speed=1.0, stop=stop)
+    finally:
+        link.stop()
+    print(f"published {sent} messages")
+    return 0
+
+
 def cmd_services(args: argparse.Namespace) -> int:
     """Delegate to the local services manager."""
     from hub import devservices  # noqa: PLC0415  # development tooling, not needed by `run`
@@ -120,7 +202,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     profiles = commands.add_parser("profiles", help="check and test device profiles")
     actions = profiles.add_subparsers(dest="action", required=True)
-    default_dir = str(Settings.model_fields["profiles_dir"].default)
+    # the same folder `hub run` would load
+    default_dir = os.environ.get(
+        "HUB_PROFILES_DIR", str(Settings.model_fields["profiles_dir"].default)
+    )
     check = actions.add_parser("check", help="validate profiles")
     check.add_argument("--profiles-dir", default=default_dir)
     check.set_defaults(func=cmd_profiles_check)
@@ -128,6 +213,23 @@ def build_parser() -> argparse.ArgumentParser:
     test.add_argument("names", nargs="*", help="only these profiles")
     test.add_argument("--profiles-dir", default=default_dir)
     test.set_defaults(func=cmd_profiles_test)
+
+    show = commands.add_parser("show", help="points stored per measurement (recent hours)")
+    show.add_argument("--hours", type=int, default=7 * 24)
+    show.set_defaults(func=cmd_show)
+
+    sim = commands.add_parser("simulate", help="publish a simulated city fleet to the broker")
+    sim.add_argument("--bays", type=int, default=200, help="parking bays")
+    sim.add_argument("--cabinets", type=int, default=10, help="lighting cabinets")
+    sim.add_argument("--lamps", type=int, default=12, help="lamps per cabinet")
+    sim.add_argument("--sites", type=int, default=10, help="traffic counter sites")
+    sim.add_argument("--seed", type=int, default=1)
+    sim.add_argument("--hours", type=float, default=6.0, help="replay this much recent history")
+    sim.add_argument("--speed", type=float, default=0.0, help="replay speed-up (0: max)")
+    sim.add_argument("--follow", action="store_true", help="then keep publishing live")
+    sim.add_argument("--write-inventory", metavar="CSV", help="write the fleet's devices.csv")
+    sim.add_argument("--inventory-only", action="store_true", help="only write the inventory")
+    sim.set_defaults(func=cmd_simulate)
 
     services = commands.add_parser("services", help="local Mosquitto + InfluxDB")
     services.add_argument("action", choices=["up", "down", "env", "status"])

@@ -52,6 +52,22 @@ class Tuning:
     outbox_batches: int = 4
 
 
+def make_store(settings: Settings) -> InfluxClient:
+    """The InfluxDB client described by ``settings``."""
+    return InfluxClient(
+        settings.influx_url,
+        settings.influx_db,
+        retention_policy=settings.influx_rp,
+        token=settings.influx_token.get_secret_value() if settings.influx_token else None,
+        username=settings.influx_user,
+        password=(
+            settings.influx_password.get_secret_value() if settings.influx_password else None
+        ),
+        use_gzip=settings.influx_gzip,
+        timeout_s=settings.influx_timeout_s,
+    )
+
+
 class Hub:
     """The running pipeline: one MQTT link, a decode thread and a writer thread."""
 
@@ -86,18 +102,7 @@ class Hub:
             ca_file=str(settings.mqtt_ca_file) if settings.mqtt_ca_file else None,
             clock_ms=clock_ms,
         )
-        self.store = InfluxClient(
-            settings.influx_url,
-            settings.influx_db,
-            retention_policy=settings.influx_rp,
-            token=settings.influx_token.get_secret_value() if settings.influx_token else None,
-            username=settings.influx_user,
-            password=(
-                settings.influx_password.get_secret_value() if settings.influx_password else None
-            ),
-            use_gzip=settings.influx_gzip,
-            timeout_s=settings.influx_timeout_s,
-        )
+        self.store = make_store(settings)
         self.writer = BatchWriter(
             self.store,
             self.link,

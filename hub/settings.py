@@ -45,7 +45,8 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="HUB_", extra="forbid", frozen=True)
 
-    mqtt_url: str = "mqtt://localhost:1883"
+    # a SecretStr because the URL may carry the password: it never shows in logs or repr
+    mqtt_url: SecretStr = SecretStr("mqtt://localhost:1883")
     mqtt_client_id: str = "prato-hub"
     mqtt_qos: Literal[0, 1] = 1
     mqtt_session_expiry_s: int = Field(default=7 * 24 * 3600, ge=0)
@@ -86,10 +87,10 @@ class Settings(BaseSettings):
             raise ValueError("set HUB_INFLUX_TOKEN or HUB_INFLUX_USER/PASSWORD, not both")
         if (self.influx_user is None) != (self.influx_password is None):
             raise ValueError("HUB_INFLUX_USER and HUB_INFLUX_PASSWORD go together")
-        MqttEndpoint(self.mqtt_url)  # fail at start-up, not at connect time
+        MqttEndpoint(self.mqtt_url.get_secret_value())  # fail at start-up, not at connect
         return self
 
     @property
     def mqtt(self) -> MqttEndpoint:
         """The broker address and credentials."""
-        return MqttEndpoint(self.mqtt_url)
+        return MqttEndpoint(self.mqtt_url.get_secret_value())

@@ -35,24 +35,48 @@ def test_good_profile_loads(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("change", "key", "reason"),
     [
-        (("value: v", "value: {from: v, typ: int}"), "messages.0.points.0.fields.value.typ",
-         "Extra inputs are not permitted"),
-        (("value: v", "value: {from: v, type: integer}"), "messages.0.points.0.fields.value.type",
-         "Input should be"),
-        (("value: v", "value: {from: v, sum: [a, b]}"), "messages.0.points.0.fields.value",
-         "exactly one of from/sum/count/join/const"),
-        (("value: v", "value: {from: 'item2:v'}"), "messages.0.points.0.fields.value",
-         "unknown prefix 'item2'"),
-        (("device_id: topic:meter_id", "device_id: topic:meter"), "messages.0",
-         "'topic:meter' names no level of topic"),
+        (
+            ("value: v", "value: {from: v, typ: int}"),
+            "messages.0.points.0.fields.value.typ",
+            "Extra inputs are not permitted",
+        ),
+        (
+            ("value: v", "value: {from: v, type: integer}"),
+            "messages.0.points.0.fields.value.type",
+            "Input should be",
+        ),
+        (
+            ("value: v", "value: {from: v, sum: [a, b]}"),
+            "messages.0.points.0.fields.value",
+            "exactly one of from/sum/count/join/const",
+        ),
+        (
+            ("value: v", "value: {from: 'item2:v'}"),
+            "messages.0.points.0.fields.value",
+            "unknown prefix 'item2'",
+        ),
+        (
+            ("device_id: topic:meter_id", "device_id: topic:meter"),
+            "messages.0",
+            "'topic:meter' names no level of topic",
+        ),
         (("value: v", "value: frame:v"), "messages.0", "is in no frame layout"),
-        (("measurement: meter", "measurement: 'my meter'"), "messages.0.points.0",
-         "is not an identifier"),
-        (("meters/{meter_id}/reading", "meters/{meter_id:[}/reading"), "messages.0.topic",
-         "bad regex"),
+        (
+            ("measurement: meter", "measurement: 'my meter'"),
+            "messages.0.points.0",
+            "is not an identifier",
+        ),
+        (
+            ("meters/{meter_id}/reading", "meters/{meter_id:[}/reading"),
+            "messages.0.topic",
+            "bad regex",
+        ),
         (("profile: meter", "profile: meter-1"), "profile", "must be an identifier"),
-        (("    points:", "    format: delimited\n    points:"), "messages.0",
-         "needs a 'delimited' section"),
+        (
+            ("    points:", "    format: delimited\n    points:"),
+            "messages.0",
+            "needs a 'delimited' section",
+        ),
     ],
 )
 def test_broken_profile_names_file_key_reason(
@@ -79,7 +103,7 @@ def test_yaml_on_keyword_trap_is_caught(tmp_path: Path) -> None:
 def test_two_profiles_on_one_subscription(tmp_path: Path) -> None:
     (tmp_path / "a.yaml").write_text(GOOD)
     (tmp_path / "b.yaml").write_text(GOOD.replace("profile: meter", "profile: other"))
-    with pytest.raises(ProfileError, match="already used by meter.reading"):
+    with pytest.raises(ProfileError, match=r"already used by meter\.reading"):
         ProfileSet.load(tmp_path)
 
 

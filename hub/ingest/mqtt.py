@@ -82,6 +82,7 @@ class MqttLink:
         self._subscriptions: list[tuple[str, int]] = []
         self._sink: MessageSink | None = None
         self._connected = threading.Event()
+        self._subscribed = threading.Event()
         self._refused: str | None = None
         self._published: set[int] = set()
         self._publish_cond = threading.Condition()
@@ -90,6 +91,7 @@ class MqttLink:
         self._client.on_disconnect = self._on_disconnect
         self._client.on_message = self._on_message
         self._client.on_publish = self._on_publish
+        self._client.on_subscribe = self._on_subscribe
 
     # -- paho callbacks (network thread) -------------------------------------------------
 
@@ -108,7 +110,10 @@ class MqttLink:
         self._refused = None
         self.connects += 1
         log.info("connected to %r (session present: %s)", self._endpoint, flags.session_present)
-        if self._subscriptions:
+        self._subscribed.clear()
+        if not self._subscriptions:
+            self._subscribed.set()
+        else:
             client.subscribe(
                 [
                     (topic, SubscribeOptions(qos=qos, retainHandling=1))
@@ -116,6 +121,21 @@ class MqttLink:
                 ]
             )
         self._connected.set()
+
+    def _on_subscribe(
+        self,
+        client: paho.Client,
+        userdata: Any,
+        mid: int,
+        reasons: list[ReasonCode],
+        properties: Properties | None,
+    ) -> None:
+        failed = [str(r) for r in reasons if r.is_failure]
+        if failed:
+            self._refused = "subscription refused: " + ", ".join(failed)
+            log.error("broker refused subscriptions: %s", failed)
+            return
+        self._subscribed.set()
 
     def _on_disconnect(
         self,
@@ -171,9 +191,9 @@ class MqttLink:
         self._client.loop_start()
 
     def wait_connected(self, timeout_s: float) -> None:
-        """Block until connected; ``BrokerError`` after ``timeout_s`` or when refused."""
+        """Block until connected and subscribed; ``BrokerError`` on timeout or refusal."""
         deadline = time.monotonic() + timeout_s
-        while not self._connected.wait(0.1):
+        while not (self._connected.wait(0.05) and self._subscribed.wait(0.05)):
             if self._refused is not None:
                 raise BrokerError(f"broker {self._endpoint!r} refused the hub: {self._refused}")
             if time.monotonic() > deadline:

@@ -120,7 +120,9 @@ class InfluxClient:
 
         Callers bound every query in time (InfluxDB 3 Core refuses unbounded scans).
         """
-        params = {"db": self.database, "q": influxql, "epoch": epoch}
+        params = {"db": self.database, "q": influxql}
+        if epoch:
+            params["epoch"] = epoch  # without it InfluxDB answers RFC 3339 times
         if "rp" in self._params:
             params["rp"] = self._params["rp"]
         response = self._send("GET", "/query", params=params)
@@ -133,6 +135,17 @@ class InfluxClient:
             raise StoreRejected(f"query: {first['error']}")
         series: list[dict[str, Any]] = first.get("series", [])
         return series
+
+    def command(self, influxql: str) -> None:
+        """Run a statement that changes data or schema (``DELETE``, ``DROP``...) via POST.
+
+        The hub's ingest path never calls this; operators' tools and tests do.
+        """
+        response = self._send("POST", "/query", params={"db": self.database}, data={"q": influxql})
+        self._check(response, "command")
+        for result in response.json().get("results", []):
+            if "error" in result:
+                raise StoreRejected(f"command: {result['error']}")
 
     def ping(self) -> bool:
         """True when InfluxDB answers ``/ping``."""

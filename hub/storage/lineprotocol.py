@@ -102,8 +102,10 @@ def _parse_field(text: str) -> FieldValue:
 
 def parse(line: str) -> Point:
     """Parse one line; a missing timestamp parses as ``-1``. Timestamps are read as ms."""
-    sections = _split(line.strip(), " ", quotes=True)
-    if len(sections) not in (2, 3):
+    # quotes are literal in the measurement and tags, and delimit strings in the fields
+    first, *others = _split(line.strip(), " ", quotes=False)
+    sections = [first, *_split(" ".join(others), " ", quotes=True)]
+    if not others or len(sections) not in (2, 3):
         raise LineSyntaxError(f"expected 'measurement,tags fields [time]': {line!r}")
     head = _split(sections[0], ",", quotes=False)
     tags: dict[str, str] = {}

@@ -1,0 +1,89 @@
+"""`hub run` as a real process: configured by HUB_* variables, stores data, exits 0 on SIGTERM."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from hub import devservices
+from hub.storage.influx import InfluxClient
+from tests.conftest import ROOT, MqttProbe, wait_until, write_inventory
+
+pytestmark = pytest.mark.integration
+
+
+def _hub_env(
+    services: devservices.Services, db: str, tmp_path: Path, **extra: str
+) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HUB_")}
+    env.update(
+        HUB_MQTT_URL=services.mqtt_url,
+        HUB_MQTT_CLIENT_ID=f"hub-proc-{uuid.uuid4().hex[:8]}",
+        HUB_INFLUX_URL=services.influx_url,
+        HUB_INFLUX_DB=db,
+        HUB_PROFILES_DIR=str(ROOT / "device_profiles"),
+        HUB_DATA_DIR=str(tmp_path / "data"),
+        HUB_FLUSH_INTERVAL_S="0.1",
+    )
+    env.update(extra)
+    return env
+
+
+def test_hub_run_stores_and_stops_cleanly(
+    services: devservices.Services,
+    influx_db: str,
+    influx: InfluxClient,
+    mqtt_probe: Callable[..., MqttProbe],
+    tmp_path: Path,
+) -> None:
+    inventory = write_inventory(
+        tmp_path / "devices.csv", [("PO-TC-301", "traffic_counter", "iolo")]
+    )
+    env = _hub_env(services, influx_db, tmp_path, HUB_INVENTORY=str(inventory))
+    log = (tmp_path / "hub.log").open("w")
+    proc = subprocess.Popen([sys.executable, "-m", "hub.cli", "run"], env=env, stderr=log)
+    try:
+        wait_until(lambda: "hub running" in (tmp_path / "hub.log").read_text(), what="hub start")
+        probe = mqtt_probe()
+        probe.publish(
+            "traffic/PO-TC-301/health", b'{"supply_v": 12.3, "temp_c": 9, "door": "closed"}'
+        )
+        rows = wait_until(
+            lambda: influx.query(
+                "SELECT supply_v, zone FROM traffic_health WHERE time > now() - 1h"
+            ),
+            what="the point written by `hub run`",
+        )
+        assert rows[0]["values"][0][1:] == [12.3, "iolo"]
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        log.close()
+    assert "hub stopped" in (tmp_path / "hub.log").read_text()
+
+
+def test_hub_run_refuses_a_broken_profile(tmp_path: Path, services: devservices.Services) -> None:
+    profiles = tmp_path / "profiles"
+    profiles.mkdir()
+    (profiles / "bad.yaml").write_text("profile: bad\nmessages: []\n")
+    env = _hub_env(services, "unused", tmp_path, HUB_PROFILES_DIR=str(profiles))
+    done = subprocess.run(
+        [sys.executable, "-m", "hub.cli", "run"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert "bad.yaml: messages: List should have at least 1 item" in done.stderr
