@@ -45,7 +45,9 @@ def test_cli_runs_golden_vectors(capsys: pytest.CaptureFixture[str]) -> None:
     assert " 0 failed" in out
 
 
-def test_cli_reports_a_wrong_expectation(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_reports_a_wrong_expectation(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     folder = tmp_path / "profiles"
     shutil.copytree(FOURTH_FAMILY, folder)
     case = folder / "water_level" / "golden" / "reading.yaml"

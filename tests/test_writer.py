@@ -46,11 +46,23 @@ def _entry(n: int, bad: bool = False) -> Entry:
     return Entry(message, "p", f"m,device_id=d{n} v={'BAD' if bad else n}i {n}", 1)
 
 
-def _writer(store: FakeStore, letters: FakeLetters, acked: list[RawMessage],
-            stopping: threading.Event | None = None) -> tuple[BatchWriter, Metrics]:
+def _writer(
+    store: FakeStore,
+    letters: FakeLetters,
+    acked: list[RawMessage],
+    stopping: threading.Event | None = None,
+) -> tuple[BatchWriter, Metrics]:
     metrics = Metrics()
-    writer = BatchWriter(store, letters, acked.append, metrics, stopping or threading.Event(),
-                         retry_first_s=0.001, retry_max_s=0.01, publish_timeout_s=0.01)
+    writer = BatchWriter(
+        store,
+        letters,
+        acked.append,
+        metrics,
+        stopping or threading.Event(),
+        retry_first_s=0.001,
+        retry_max_s=0.01,
+        publish_timeout_s=0.01,
+    )
     return writer, metrics
 
 
@@ -59,7 +71,9 @@ def test_rejected_message_is_isolated_and_dead_lettered() -> None:
     writer, metrics = _writer(store, letters, acked)
     batch = Batch(entries=[_entry(n, bad=(n == 5)) for n in range(8)])
     assert writer.commit(batch)
-    assert sorted(store.written) == sorted(f"m,device_id=d{n} v={n}i {n}" for n in range(8) if n != 5)
+    assert sorted(store.written) == sorted(
+        f"m,device_id=d{n} v={n}i {n}" for n in range(8) if n != 5
+    )
     assert [(t, body["reason"], body["topic"]) for t, body in letters.sent] == [
         ("hub/deadletter/p", "rejected_by_store", "t/5")
     ]

@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# The hub's main job on a fresh Debian machine: installs what is missing, starts a local
+# Mosquitto and InfluxDB (free loopback ports, data under .state/demo), the hub, and a
+# simulated city fleet (the last 6 hours replayed fast, then live), and prints every few
+# seconds how many points each measurement holds. Ctrl-C stops everything it started.
+#
+#   DEMO_SECONDS=N   stop by itself after N seconds (default: run until Ctrl-C)
+#   DEMO_STATE=DIR   where services, logs and the inventory live (default: .state/demo)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+scripts/setup.sh
+
+STATE="${DEMO_STATE:-.state/demo}"
+mkdir -p "$STATE"
+HUB=.venv/bin/hub
+
+echo "== starting Mosquitto and InfluxDB"
+"$HUB" services up --state-dir "$STATE/services" > "$STATE/env.sh"
+# shellcheck disable=SC1091  # generated just above
+source "$STATE/env.sh"
+export HUB_INFLUX_DB=prato
+export HUB_INVENTORY="$STATE/devices.csv"
+export HUB_DATA_DIR="$STATE/data"
+export HUB_MQTT_CLIENT_ID=prato-hub-demo
+# local InfluxDB 1.x only: production databases/buckets are created at deployment
+.venv/bin/python -c "import sys; from hub import devservices; devservices.create_database(sys.argv[1], 'prato')" "$HUB_INFLUX_URL"
+
+"$HUB" simulate --write-inventory "$HUB_INVENTORY" --inventory-only
+
+pids=()
+cleanup() {
+    trap - EXIT INT TERM
+    echo "== stopping"
+    for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+    for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+    "$HUB" services down --state-dir "$STATE/services" || true
+}
+trap cleanup EXIT
+trap 'exit 0' INT TERM
+
+echo "== starting the hub (log: $STATE/hub.log)"
+"$HUB" run > "$STATE/hub.log" 2>&1 &
+pids+=($!)
+for _ in $(seq 1 300); do
+    grep -q "hub running" "$STATE/hub.log" && break
+    kill -0 "${pids[0]}" 2>/dev/null || { cat "$STATE/hub.log"; exit 1; }
+    sleep 0.1
+done
+grep -q "hub running" "$STATE/hub.log" || { echo "hub did not start"; cat "$STATE/hub.log"; exit 1; }
+
+echo "== starting the simulated fleet (log: $STATE/simulate.log)"
+"$HUB" simulate --hours 6 --speed 0 --follow > "$STATE/simulate.log" 2>&1 &
+pids+=($!)
+
+cat <<INFO
+
+Data is arriving. In another shell:
+  source $STATE/env.sh; export HUB_INFLUX_DB=prato
+  $HUB show                                         # points per measurement
+  mosquitto_sub -p ${HUB_MQTT_URL##*:} -t 'hub/deadletter/#' -v   # dead letters (bad frames)
+Ctrl-C stops everything.
+
+INFO
+
+started=$SECONDS
+while :; do
+    sleep 5
+    echo "---- $(date +%T)"
+    "$HUB" show --hours 24 || true
+    if [[ -n "${DEMO_SECONDS:-}" ]] && (( SECONDS - started >= DEMO_SECONDS )); then
+        break
+    fi
+done
