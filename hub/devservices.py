@@ -274,17 +274,17 @@ def _start_fresh(layout: _Layout, mosquitto: str, influxd: str) -> Services:
     mqtt_url = f"mqtt://127.0.0.1:{mqtt_port}"
     influx_url = f"http://127.0.0.1:{influx_port}"
 
-    started: list[tuple[int, Path]] = []
+    started: list[subprocess.Popen[bytes]] = []
     try:
         mosq = _spawn([mosquitto, "-c", str(layout.mosquitto_config)], layout.mosquitto_log)
-        started.append((mosq.pid, layout.mosquitto_config))
+        started.append(mosq)
         # influxd would let INFLUXDB_* variables of the caller override the config file
         # (a developer's INFLUXDB_HTTP_BIND_ADDRESS would move it to another port).
         influx_env = {k: v for k, v in os.environ.items() if not k.startswith("INFLUXDB_")}
         influx = _spawn(
             [influxd, "-config", str(layout.influx_config)], layout.influx_log, env=influx_env
         )
-        started.append((influx.pid, layout.influx_config))
+        started.append(influx)
 
         deadline = time.monotonic() + READY_TIMEOUT_S
         _wait_ready(
@@ -294,8 +294,10 @@ def _start_fresh(layout: _Layout, mosquitto: str, influxd: str) -> Services:
             "InfluxDB", influx, lambda: _influx_pings(influx_url), layout.influx_log, deadline
         )
     except BaseException:
-        for pid, config in reversed(started):
-            _terminate(pid, config)
+        # Our own children: stop them through their Popen objects. A PID/cmdline check would
+        # miss a child that has forked but not yet exec'd influxd, and leak it.
+        for proc in reversed(started):
+            _terminate_child(proc)
         raise
 
     services = Services(
@@ -538,6 +540,18 @@ def _terminate(pid: int, config: Path) -> None:
             os.kill(pid, sig)
         if _wait_gone(pid, STOP_TIMEOUT_S):
             return
+
+
+def _terminate_child(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM a child we just started; SIGKILL if it outlives STOP_TIMEOUT_S; reap it."""
+    for stop in (proc.terminate, proc.kill):
+        with contextlib.suppress(ProcessLookupError):
+            stop()
+        try:
+            proc.wait(STOP_TIMEOUT_S)
+            return
+        except subprocess.TimeoutExpired:
+            continue
 
 
 def _wait_gone(pid: int, timeout: float) -> bool:

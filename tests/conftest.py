@@ -171,18 +171,18 @@ def start_hub(
         inventory: Path | None = None,
         **overrides: Any,
     ) -> HubHarness:
-        settings = Settings(
-            mqtt_url=services.mqtt_url,
-            mqtt_client_id=f"hub-test-{uuid.uuid4().hex[:8]}",
-            mqtt_session_expiry_s=60,
-            influx_url=services.influx_url,
-            influx_db=influx_db,
-            profiles_dir=profiles_dir,
-            inventory=inventory or tmp_path / "none.csv",
-            data_dir=tmp_path / "data",
-            flush_interval_s=0.05,
-            **overrides,
-        )
+        options: dict[str, Any] = {
+            "mqtt_url": services.mqtt_url,
+            "mqtt_client_id": f"hub-test-{uuid.uuid4().hex[:8]}",
+            "mqtt_session_expiry_s": 60,
+            "influx_url": services.influx_url,
+            "influx_db": influx_db,
+            "profiles_dir": profiles_dir,
+            "inventory": inventory or tmp_path / "none.csv",
+            "data_dir": tmp_path / "data",
+            "flush_interval_s": 0.05,
+        }
+        settings = Settings(**(options | overrides))
         clock = FrozenClock()
         hub = Hub(
             settings,

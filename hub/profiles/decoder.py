@@ -438,6 +438,10 @@ def _tag_text(name: str, value: FieldValue) -> str:
     text = value if isinstance(value, str) else str(value)
     if "\n" in text or "\r" in text:
         raise DecodeError("bad_value", f"tag {name}: line breaks cannot be stored in a tag")
+    if text.endswith("\\"):
+        # line protocol reads a final backslash as escaping the separator after it: InfluxDB
+        # 1.x refuses such a line whatever the escaping, so the value cannot be stored
+        raise DecodeError("bad_value", f"tag {name}: a tag cannot end with a backslash")
     return text
 
 

@@ -64,6 +64,7 @@ class InfluxClient:
         password: str | None = None,
         use_gzip: bool = True,
         timeout_s: float = 10.0,
+        transport: httpx.BaseTransport | None = None,
     ) -> None:
         headers = {"User-Agent": "prato-hub"}
         auth: httpx.BasicAuth | None = None
@@ -77,7 +78,9 @@ class InfluxClient:
         if retention_policy:
             self._params["rp"] = retention_policy
         self._gzip = use_gzip
-        self._http = httpx.Client(base_url=self.url, headers=headers, auth=auth, timeout=timeout_s)
+        self._http = httpx.Client(
+            base_url=self.url, headers=headers, auth=auth, timeout=timeout_s, transport=transport
+        )
 
     def close(self) -> None:
         """Close the connection pool."""
