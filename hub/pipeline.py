@@ -13,9 +13,15 @@
           v
       ack every message of the batch to the broker
 
-Start is back to front (writer, decoder, then the MQTT subscription); stop is front to back:
-stop taking messages, drain the inbox through the decoder, flush the last batch, let the
-writer commit and ack everything, then disconnect. Nothing decoded is lost on a clean stop.
+    decode thread --offer--> [alert queue] --> alert engine thread (rules, timers, state)
+          --events--> dispatcher: one thread per channel (MQTT, webhooks, e-mail teams,
+                      InfluxDB alert_event), each retrying on its own
+
+Start is back to front (dispatcher, alert engine, writer, decoder, then the MQTT
+subscription); stop is front to back: stop taking messages, drain the inbox through the
+decoder, flush the last batch, let the writer commit and ack everything, let the alert
+engine evaluate what it was given and the dispatcher deliver, then disconnect. Nothing
+decoded is lost on a clean stop.
 """
 
 from __future__ import annotations
@@ -27,10 +33,16 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from hub.alerts.annotations import AlertEventStore
+from hub.alerts.engine import AlertEngine
+from hub.alerts.rules import compile_rule
 from hub.ingest.mqtt import MqttLink, wall_clock_ms
 from hub.inventory import DeviceRegistry, Inventory
 from hub.metrics import Metrics
 from hub.model import Decoded, RawMessage
+from hub.notify.channels import build_channels
+from hub.notify.config import load_notify_config
+from hub.notify.dispatch import Dispatcher
 from hub.profiles.profile_set import ProfileSet
 from hub.settings import Settings
 from hub.storage import lineprotocol
@@ -111,6 +123,28 @@ class Hub:
             self._stopping,
             retry_max_s=settings.retry_max_s,
         )
+        rules = [
+            compile_rule(item.profile.profile, rule)
+            for item in profiles.profiles
+            for rule in item.profile.alerts
+        ]
+        notify = load_notify_config(settings.notify_config)
+        self.dispatcher = Dispatcher(
+            [*build_channels(notify, self.link), AlertEventStore(make_store(settings))],
+            self.metrics,
+            settings.data_dir / "notify-outbox.json",
+            notify.retry,
+        )
+        self.alerts = AlertEngine(
+            rules,
+            inventory,
+            self.dispatcher.submit,
+            self.metrics,
+            clock_ms,
+            state_path=settings.data_dir / "alerts.json",
+            startup_grace_ms=int(settings.alert_startup_grace_s * 1000),
+            tick_s=settings.alert_tick_s,
+        )
         self._threads: list[threading.Thread] = []
         self.metrics.gauge("inbox_depth", self.inbox.qsize)
         self.metrics.gauge("outbox_depth", self.outbox.qsize)
@@ -145,6 +179,7 @@ class Hub:
             return
         registered = self.inventory.enrich(result)
         self.devices.observe(result, registered, message.received_ms)
+        self.alerts.offer(result, message.received_ms)
         self.metrics.inc("messages_decoded_total", profile=result.profile)
         if result.time_problem is not None:
             self.metrics.inc(
@@ -200,7 +235,9 @@ class Hub:
     # -- lifecycle ----------------------------------------------------------------------------
 
     def start(self, connect_timeout_s: float = 30.0) -> None:
-        """Start writer, decoder, then the MQTT subscription (back to front)."""
+        """Start dispatcher, alerts, writer, decoder, then the subscription (back to front)."""
+        self.dispatcher.start()
+        self.alerts.start()
         for name, target in (("hub-writer", self._write_loop), ("hub-decoder", self._decode_loop)):
             thread = threading.Thread(target=target, name=name, daemon=True)
             thread.start()
@@ -226,6 +263,8 @@ class Hub:
             self._stopping.set()
             for thread in self._threads:
                 thread.join(5)
+        self.alerts.stop()
+        self.dispatcher.stop(timeout_s=max(1.0, deadline - time.monotonic()))
         self.link.stop()
         self.store.close()
         log.info("hub stopped: %d messages received", self.received)

@@ -72,6 +72,10 @@ class Settings(BaseSettings):
     queue_size: int = Field(default=50_000, ge=100)
     retry_max_s: float = Field(default=30.0, gt=0)
 
+    notify_config: Path | None = None
+    alert_tick_s: float = Field(default=1.0, gt=0)
+    alert_startup_grace_s: float = Field(default=120.0, ge=0)
+
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     @field_validator("influx_url")

@@ -169,6 +169,7 @@ def start_hub(
     def start(
         profiles_dir: Path = ROOT / "device_profiles",
         inventory: Path | None = None,
+        now_ms: int | None = None,
         **overrides: Any,
     ) -> HubHarness:
         options: dict[str, Any] = {
@@ -183,7 +184,7 @@ def start_hub(
             "flush_interval_s": 0.05,
         }
         settings = Settings(**(options | overrides))
-        clock = FrozenClock()
+        clock = FrozenClock(now_ms)
         hub = Hub(
             settings,
             ProfileSet.load(settings.profiles_dir),

@@ -84,6 +84,27 @@ def _check_message(path: Path, key: str, message: MessageSpec) -> None:
             )
 
 
+def _check_alerts(path: Path, profile: Profile) -> None:
+    """Rules must name measurements, fields and tags the profile's points carry."""
+    keys = profile.measurement_keys()
+    for index, rule in enumerate(profile.alerts):
+        where = f"alerts.{index}"
+        measurement = rule.silence.measurement if rule.silence else rule.measurement
+        if measurement not in keys:
+            raise ProfileError(
+                str(path), where, f"measurement {measurement!r} is not one of {sorted(keys)}"
+            )
+        used = set(rule.per)
+        for condition in (rule.when, rule.clear):
+            if condition is not None:
+                used |= condition.fields()
+        unknown = sorted(used - keys[measurement])
+        if unknown:
+            raise ProfileError(
+                str(path), where, f"{unknown} are not fields or tags of {measurement!r}"
+            )
+
+
 def load_profile(path: Path) -> LoadedProfile:
     """Read and validate one profile file; ``ProfileError`` names file, key and reason."""
     try:
@@ -101,6 +122,7 @@ def load_profile(path: Path) -> LoadedProfile:
         raise ProfileError(str(path), _key(first["loc"]), first["msg"]) from exc
     for index, message in enumerate(profile.messages):
         _check_message(path, f"messages.{index}", message)
+    _check_alerts(path, profile)
     return LoadedProfile(profile, path)
 
 

@@ -24,6 +24,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from hub.alerts.rules import AlertRule
+
 Scalar = bool | int | float | str
 FieldType = Literal["float", "int", "bool", "string"]
 FrameType = Literal["uint8", "int8", "uint16", "int16", "uint32", "int32", "float32"]
@@ -264,6 +266,7 @@ class Profile(_Frozen):
     profile: str
     description: str = ""
     messages: list[MessageSpec] = Field(min_length=1)
+    alerts: list[AlertRule] = Field(default_factory=list)
 
     @field_validator("profile")
     @classmethod
@@ -277,4 +280,17 @@ class Profile(_Frozen):
         names = [m.name for m in self.messages]
         if len(set(names)) != len(names):
             raise ValueError("message names must be unique within a profile")
+        rules = [r.name for r in self.alerts]
+        if len(set(rules)) != len(rules):
+            raise ValueError("alert rule names must be unique within a profile")
         return self
+
+    def measurement_keys(self) -> dict[str, set[str]]:
+        """Each measurement of the profile with the tag and field names its points carry."""
+        found: dict[str, set[str]] = {}
+        for message in self.messages:
+            for point in message.points:
+                found.setdefault(point.measurement, set()).update(
+                    {"device_id", "zone", *point.tags, *point.fields}
+                )
+        return found

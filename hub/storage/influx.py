@@ -26,16 +26,7 @@ from typing import Any
 import httpx
 
 from hub.errors import StoreRejected, StoreUnavailable
-
-
-def _retry_after(response: httpx.Response) -> float | None:
-    value = response.headers.get("Retry-After")
-    if value is None:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        return None
+from hub.retry import parse_retry_after
 
 
 def _error_text(response: httpx.Response) -> str:
@@ -105,7 +96,9 @@ class InfluxClient:
             raise StoreUnavailable(f"{detail} (check HUB_INFLUX_TOKEN / USER / PASSWORD)")
         if status == 404:
             raise StoreUnavailable(f"{detail} (does database {self.database!r} exist?)")
-        raise StoreUnavailable(detail, retry_after_s=_retry_after(response))
+        raise StoreUnavailable(
+            detail, retry_after_s=parse_retry_after(response.headers.get("Retry-After"))
+        )
 
     def write(self, lines: str) -> None:
         """Write newline-separated line protocol (timestamps in milliseconds)."""

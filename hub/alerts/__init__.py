@@ -1,0 +1,1 @@
+"""Alert stage: rules from device profiles, evaluated off the receive path, with lifecycle."""
