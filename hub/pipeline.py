@@ -52,6 +52,8 @@ from hub.storage.writer import Batch, BatchWriter, Entry
 log = logging.getLogger(__name__)
 
 _STOP = object()
+ALERT_CHUNK = 500
+ALERT_CHUNK_S = 0.02
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,6 +147,10 @@ class Hub:
             startup_grace_ms=int(settings.alert_startup_grace_s * 1000),
             tick_s=settings.alert_tick_s,
         )
+        # decoded messages for the alert engine, handed over in chunks: one queue operation
+        # per chunk instead of per message, at most ALERT_CHUNK_S late
+        self._alert_chunk: list[tuple[Decoded, int]] = []
+        self._alert_chunk_opened = 0.0
         self._threads: list[threading.Thread] = []
         self.metrics.gauge("inbox_depth", self.inbox.qsize)
         self.metrics.gauge("outbox_depth", self.outbox.qsize)
@@ -179,7 +185,9 @@ class Hub:
             return
         registered = self.inventory.enrich(result)
         self.devices.observe(result, registered, message.received_ms)
-        self.alerts.offer(result, message.received_ms)
+        if not self._alert_chunk:
+            self._alert_chunk_opened = time.monotonic()
+        self._alert_chunk.append((result, message.received_ms))
         self.metrics.inc("messages_decoded_total", profile=result.profile)
         if result.time_problem is not None:
             self.metrics.inc(
@@ -196,12 +204,16 @@ class Hub:
         batch = Batch()
         size, age = self.tuning.batch_size, self.tuning.flush_interval_s
         while True:
-            timeout = max(0.0, batch.opened + age - time.monotonic()) if len(batch) else age
+            now = time.monotonic()
+            timeout = max(0.0, batch.opened + age - now) if len(batch) else age
+            if self._alert_chunk:
+                timeout = min(timeout, max(0.0, self._alert_chunk_opened + ALERT_CHUNK_S - now))
             try:
                 item = self.inbox.get(timeout=timeout)
             except queue.Empty:
                 item = None
             if item is _STOP:
+                self._hand_over_alerts()
                 if len(batch):
                     self.outbox.put(batch)
                 self.outbox.put(_STOP)
@@ -215,9 +227,20 @@ class Hub:
                     log.exception("unexpected error decoding %s", item.topic)
                     self.metrics.inc("decode_bugs_total")
                     batch.no_points.append(item)
-            if len(batch) and (batch.points >= size or time.monotonic() - batch.opened >= age):
+            now = time.monotonic()
+            if self._alert_chunk and (
+                len(self._alert_chunk) >= ALERT_CHUNK
+                or now - self._alert_chunk_opened >= ALERT_CHUNK_S
+            ):
+                self._hand_over_alerts()
+            if len(batch) and (batch.points >= size or now - batch.opened >= age):
                 self.outbox.put(batch)
                 batch = Batch()
+
+    def _hand_over_alerts(self) -> None:
+        if self._alert_chunk:
+            self.alerts.offer_many(self._alert_chunk)
+            self._alert_chunk = []
 
     # -- writer stage -------------------------------------------------------------------------
 

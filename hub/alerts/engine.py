@@ -82,7 +82,7 @@ class AlertEngine:
         state_path: Path | None = None,
         startup_grace_ms: int = 0,
         tick_s: float = 1.0,
-        queue_size: int = 100_000,
+        queue_size: int = 1_000,
         history_size: int = 1_000,
     ) -> None:
         self._rules = list(rules)
@@ -110,7 +110,7 @@ class AlertEngine:
         self._last_seen: dict[tuple[str, str], int] = {}  # (measurement, device) -> ms
         self._zones: dict[str, str] = {}
         self.history: collections.deque[Alert] = collections.deque(maxlen=history_size)
-        self._queue: queue.Queue[tuple[Decoded, int] | object] = queue.Queue(queue_size)
+        self._queue: queue.Queue[list[tuple[Decoded, int]] | object] = queue.Queue(queue_size)
         self._thread: threading.Thread | None = None
         self._dirty = False
         self._seen_dirty = False
@@ -123,44 +123,54 @@ class AlertEngine:
 
     # -- feeding (decode thread) -------------------------------------------------------------
 
-    def offer(self, decoded: Decoded, received_ms: int) -> None:
-        """Queue a decoded message for evaluation (blocks only if the engine is far behind)."""
-        self._queue.put((decoded, received_ms))
+    def offer_many(self, items: list[tuple[Decoded, int]]) -> None:
+        """Queue decoded messages (with their receive times) for evaluation.
+
+        Blocks only when the engine is ``queue_size`` chunks behind: evaluation is much cheaper
+        than decoding, so that means it is stuck, and pushing back beats losing alerts.
+        """
+        self._queue.put(items)
 
     # -- evaluation (engine thread, or tests directly) ---------------------------------------
 
     def process(self, decoded: Decoded, received_ms: int) -> None:
-        """Evaluate one decoded message."""
+        """Evaluate one decoded message (the hot path of this stage: kept lean)."""
         with self._lock:
             self.processed += 1
             device = decoded.device_id
             for point in decoded.points:
+                measurement = point.measurement
+                silence = self._silence.get(measurement)
+                if silence is not None:
+                    self._last_seen[(measurement, device)] = received_ms
+                    self._seen_dirty = True
+                    if self._open:
+                        for rule in silence:
+                            key: Key = (rule.key, device, ())
+                            if key in self._open:
+                                self._resolve(key, received_ms)
+                rules = self._by_measurement.get(measurement)
+                if rules is None:
+                    continue
                 zone = point.tags.get("zone")
                 if zone:
                     self._zones[device] = zone
-                if point.measurement in self._silence:
-                    self._last_seen[(point.measurement, device)] = received_ms
-                    self._seen_dirty = True
-                    for rule in self._silence[point.measurement]:
-                        key: Key = (rule.key, device, ())
-                        if key in self._open:
-                            self._resolve(key, received_ms)
-                for rule in self._by_measurement.get(point.measurement, ()):
+                values = {**point.tags, **point.fields}
+                for rule in rules:
                     if rule.profile == decoded.profile:
-                        self._evaluate(rule, device, {**point.tags, **point.fields}, received_ms)
+                        self._evaluate(rule, device, values, received_ms)
 
     def _evaluate(self, rule: CompiledRule, device: str, values: dict[str, Any], now: int) -> None:
-        assert rule.when is not None  # noqa: S101  # a threshold rule has both tests
-        assert rule.clear is not None  # noqa: S101
-        series = tuple((tag, str(values.get(tag, ""))) for tag in rule.rule.per)
+        per = rule.rule.per
+        series = tuple((tag, str(values.get(tag, ""))) for tag in per) if per else ()
         key: Key = (rule.key, device, series)
-        fired, cleared = rule.when(values), rule.clear(values)
         alert = self._open.get(key)
         if alert is not None:
             alert.values = values
-            if cleared is True:
+            if rule.clear(values) is True:  # type: ignore[misc]  # set for threshold rules
                 self._resolve(key, now)
             return
+        fired = rule.when(values)  # type: ignore[misc]  # set for threshold rules
         if fired is True:
             pending = self._pending.get(key)
             if pending is None:
@@ -398,8 +408,10 @@ class AlertEngine:
             if item is _STOP:
                 self.save()
                 return
-            if isinstance(item, tuple):
-                self.process(*item)
+            if isinstance(item, list):
+                with self._lock:
+                    for decoded, received_ms in item:
+                        self.process(decoded, received_ms)
             if time.monotonic() >= next_tick:
                 self.tick()
                 next_tick = time.monotonic() + self._tick_s
