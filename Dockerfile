@@ -37,17 +37,19 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     HUB_PROFILES_DIR=/app/device_profiles \
-    HUB_DATA_DIR=/data
+    HUB_DATA_DIR=/data \
+    HUB_API_HOST=0.0.0.0 \
+    HUB_API_PORT=8080
 
 # Hub state (HUB_DATA_DIR) lives here; a named volume keeps it across container upgrades.
 VOLUME /data
 USER hub
 
-# Healthy while the hub is PID 1 and neither a zombie nor stopped. The container already exits
-# when the hub exits, so this is a liveness floor; the check switches to the HTTP API's /healthz
-# (port 8080) when the API lands, which will also report the broker and InfluxDB connections.
+EXPOSE 8080
+# Healthy while the API answers /healthz (it runs in the hub's process, so the process is up);
+# /readyz additionally reports the broker and InfluxDB and is for the orchestrator's eyes.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 \
-    CMD ["python", "-c", "import sys; c = open('/proc/1/cmdline', 'rb').read(); s = open('/proc/1/stat').read(); sys.exit(b'hub' not in c or s[s.rindex(')') + 2] in 'ZT')"]
+    CMD ["python", "-c", "import urllib.request as u; u.urlopen('http://127.0.0.1:8080/healthz', timeout=4)"]
 
 # The hub drains its queues on SIGTERM; compose gives it a stop_grace_period to do so.
 STOPSIGNAL SIGTERM

@@ -21,8 +21,14 @@ from types import FrameType
 from pydantic import ValidationError
 
 from hub import __version__
+from hub.api.app import create_app
+from hub.api.context import ApiContext
+from hub.api.security import ApiKeys, digest, new_token
+from hub.api.server import ApiServer
 from hub.errors import BrokerError, ConfigError
+from hub.ingest.mqtt import wall_clock_ms
 from hub.inventory import Inventory
+from hub.metrics import Metrics
 from hub.pipeline import Hub, make_store
 from hub.profiles.golden import run_all
 from hub.profiles.profile_set import ProfileSet
@@ -78,8 +84,64 @@ def cmd_run(_: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     hub.start()
+    server = _api_server(settings, profiles, inventory, hub) if settings.api_enabled else None
     stop.wait()
+    if server is not None:
+        server.stop()
     hub.stop()
+    return 0
+
+
+def _api_server(
+    settings: Settings, profiles: ProfileSet, inventory: Inventory, hub: Hub | None
+) -> ApiServer:
+    """Build and start the API (with the hub's live state when ``hub`` is given)."""
+    keys = ApiKeys.load(
+        settings.api_keys_file,
+        settings.api_keys.get_secret_value() if settings.api_keys else None,
+    )
+    if not len(keys):
+        log.warning("the API has no keys (HUB_API_KEYS_FILE / HUB_API_KEYS): it answers 401")
+    ctx = ApiContext(
+        settings=settings,
+        profiles=profiles,
+        inventory=inventory,
+        store=hub.store if hub is not None else make_store(settings),
+        metrics=hub.metrics if hub is not None else Metrics(),
+        keys=keys,
+        clock_ms=wall_clock_ms,
+        hub=hub,
+    )
+    server = ApiServer(create_app(ctx), settings.api_host, settings.api_port)
+    server.start()
+    return server
+
+
+def cmd_api(_: argparse.Namespace) -> int:
+    """Serve the API alone, against the same InfluxDB (no ingest, no alert engine)."""
+    settings = load_settings()
+    _setup_logging(settings.log_level)
+    profiles = ProfileSet.load(settings.profiles_dir)
+    inventory = Inventory.load(
+        settings.inventory, required="inventory" in settings.model_fields_set
+    )
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    server = _api_server(settings, profiles, inventory, None)
+    stop.wait()
+    server.stop()
+    return 0
+
+
+def cmd_apikey(args: argparse.Namespace) -> int:
+    """Make a new API key: print the key once, and the lines that configure it."""
+    token = new_token()
+    hashed = digest(token)
+    print(f"key (give it to the caller; it is not stored): {token}")
+    print("add to HUB_API_KEYS_FILE under keys:")
+    print(f"  - {{id: {args.id}, org: {args.org}, role: {args.role}, sha256: {hashed}}}")
+    print(f"or append to HUB_API_KEYS: {args.id}:{args.org}:{args.role}:{hashed}")
     return 0
 
 
@@ -143,7 +205,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 def cmd_simulate(args: argparse.Namespace) -> int:
     """Publish a simulated fleet: the last ``--hours`` replayed fast, then live if asked."""
-    from hub.ingest.mqtt import MqttLink, wall_clock_ms  # noqa: PLC0415  # simulator only
+    from hub.ingest.mqtt import MqttLink  # noqa: PLC0415  # simulator only
     from hub.simulate.fleet import Fleet, FleetSpec  # noqa: PLC0415
     from hub.simulate.publish import replay  # noqa: PLC0415
 
@@ -213,6 +275,17 @@ def build_parser() -> argparse.ArgumentParser:
     test.add_argument("names", nargs="*", help="only these profiles")
     test.add_argument("--profiles-dir", default=default_dir)
     test.set_defaults(func=cmd_profiles_test)
+
+    api = commands.add_parser("api", help="serve the API alone (no ingest)")
+    api.set_defaults(func=cmd_api)
+
+    apikey = commands.add_parser("apikey", help="API keys")
+    apikey_actions = apikey.add_subparsers(dest="action", required=True)
+    new = apikey_actions.add_parser("new", help="make a new key")
+    new.add_argument("--id", required=True, help="who the key is for, e.g. situation-room")
+    new.add_argument("--org", required=True, help="organisation, e.g. comune, citelum")
+    new.add_argument("--role", choices=["reader", "operator"], default="reader")
+    new.set_defaults(func=cmd_apikey)
 
     show = commands.add_parser("show", help="points stored per measurement (recent hours)")
     show.add_argument("--hours", type=int, default=7 * 24)

@@ -20,6 +20,7 @@ from hub.errors import ConfigError
 from hub.model import Decoded
 
 UNKNOWN_ZONE = "unknown"
+STATUS_MEASUREMENT = "device_status"
 COLUMNS = ("device_id", "profile", "zone", "lat", "lon", "owner", "installed_at")
 
 
@@ -102,6 +103,7 @@ class DeviceSeen:
     last_seen_ms: int = 0
     messages: int = 0
     time_problems: dict[str, int] = field(default_factory=dict)
+    online: bool | None = None  # from device_status.online, when the device reports it
 
 
 class DeviceRegistry:
@@ -122,6 +124,13 @@ class DeviceRegistry:
             if decoded.time_problem is not None:
                 kind = decoded.time_problem.kind
                 seen.time_problems[kind] = seen.time_problems.get(kind, 0) + 1
+            for point in decoded.points:
+                # convention: a profile reports presence as device_status.online (the
+                # Citelum gateway's retained LWT); it drives the online state
+                if point.measurement == STATUS_MEASUREMENT:
+                    online = point.fields.get("online")
+                    if isinstance(online, bool):
+                        seen.online = online
 
     def get(self, device_id: str) -> DeviceSeen | None:
         """A copy of what was seen of ``device_id``."""
@@ -135,7 +144,23 @@ class DeviceRegistry:
                 seen.last_seen_ms,
                 seen.messages,
                 dict(seen.time_problems),
+                seen.online,
             )
+
+    def all(self) -> dict[str, DeviceSeen]:
+        """A copy of everything seen, by device id."""
+        with self._lock:
+            return {
+                device: DeviceSeen(
+                    s.profile,
+                    s.registered,
+                    s.last_seen_ms,
+                    s.messages,
+                    dict(s.time_problems),
+                    s.online,
+                )
+                for device, s in self._seen.items()
+            }
 
     def unregistered(self) -> list[str]:
         """Ids of devices that sent data but are not in the inventory, sorted."""

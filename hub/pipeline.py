@@ -26,6 +26,7 @@ decoded is lost on a clean stop.
 
 from __future__ import annotations
 
+import collections
 import logging
 import queue
 import threading
@@ -39,7 +40,7 @@ from hub.alerts.rules import compile_rule
 from hub.ingest.mqtt import MqttLink, wall_clock_ms
 from hub.inventory import DeviceRegistry, Inventory
 from hub.metrics import Metrics
-from hub.model import Decoded, RawMessage
+from hub.model import DeadLetter, Decoded, RawMessage
 from hub.notify.channels import build_channels
 from hub.notify.config import load_notify_config
 from hub.notify.dispatch import Dispatcher
@@ -52,6 +53,8 @@ from hub.storage.writer import Batch, BatchWriter, Entry
 log = logging.getLogger(__name__)
 
 _STOP = object()
+RAW_RING = 3
+RAW_PAYLOAD_CAP = 2_048
 ALERT_CHUNK = 500
 ALERT_CHUNK_S = 0.02
 
@@ -151,6 +154,9 @@ class Hub:
         # per chunk instead of per message, at most ALERT_CHUNK_S late
         self._alert_chunk: list[tuple[Decoded, int]] = []
         self._alert_chunk_opened = 0.0
+        # for the API: recent dead letters, and the last raw messages of each device
+        self.dead_letters: collections.deque[DeadLetter] = collections.deque(maxlen=1_000)
+        self.raw_messages: dict[str, collections.deque[RawMessage]] = {}
         self._threads: list[threading.Thread] = []
         self.metrics.gauge("inbox_depth", self.inbox.qsize)
         self.metrics.gauge("outbox_depth", self.outbox.qsize)
@@ -172,6 +178,7 @@ class Hub:
         result = self.profiles.decode(message)
         if not isinstance(result, Decoded):
             batch.dead.append(result)
+            self.dead_letters.append(result)
             self.metrics.inc(
                 "messages_dead_lettered_total", profile=result.profile, reason=result.reason
             )
@@ -183,6 +190,15 @@ class Hub:
                 result.detail,
             )
             return
+        ring = self.raw_messages.get(result.device_id)
+        if ring is None:
+            ring = self.raw_messages[result.device_id] = collections.deque(maxlen=RAW_RING)
+        # capped copies: the ring is for debugging a profile, not a second store
+        ring.append(
+            RawMessage(
+                message.topic, message.payload[:RAW_PAYLOAD_CAP], message.received_ms, message.qos
+            )
+        )
         registered = self.inventory.enrich(result)
         self.devices.observe(result, registered, message.received_ms)
         if not self._alert_chunk:

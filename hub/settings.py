@@ -72,6 +72,14 @@ class Settings(BaseSettings):
     queue_size: int = Field(default=50_000, ge=100)
     retry_max_s: float = Field(default=30.0, gt=0)
 
+    api_enabled: bool = True
+    api_host: str = "127.0.0.1"
+    api_port: int = Field(default=8080, ge=0, le=65_535)
+    api_keys_file: Path | None = None
+    # "id:org:role:sha256" entries, comma-separated; a SecretStr so hashes stay out of logs
+    api_keys: SecretStr | None = None
+    api_cors_origins: list[str] = Field(default_factory=list)
+
     notify_config: Path | None = None
     alert_tick_s: float = Field(default=1.0, gt=0)
     alert_startup_grace_s: float = Field(default=120.0, ge=0)

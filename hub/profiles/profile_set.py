@@ -24,6 +24,16 @@ UNROUTED = "_unrouted"
 
 
 @dataclass(frozen=True, slots=True)
+class MeasurementSchema:
+    """What the stored points of one measurement carry: tags, and fields with their types."""
+
+    name: str
+    profile: str
+    tags: frozenset[str]
+    fields: dict[str, str]  # name -> float | int | bool | string
+
+
+@dataclass(frozen=True, slots=True)
 class LoadedProfile:
     """A validated profile and the file it came from."""
 
@@ -160,6 +170,23 @@ class ProfileSet:
     def load(cls, folder: Path) -> ProfileSet:
         """Load and validate every profile in ``folder``."""
         return cls([load_profile(path) for path in profile_files(folder)])
+
+    def schema(self) -> dict[str, MeasurementSchema]:
+        """Every stored measurement of the loaded profiles, with its tags and typed fields."""
+        found: dict[str, MeasurementSchema] = {}
+        for item in self.profiles:
+            for message in item.profile.messages:
+                for point in message.points:
+                    known = found.get(point.measurement)
+                    tags = {"device_id", "zone", *point.tags}
+                    fields: dict[str, str] = {n: spec.type for n, spec in point.fields.items()}
+                    if known is not None:
+                        tags |= known.tags
+                        fields = {**known.fields, **fields}
+                    found[point.measurement] = MeasurementSchema(
+                        point.measurement, item.profile.profile, frozenset(tags), fields
+                    )
+        return found
 
     @property
     def names(self) -> list[str]:

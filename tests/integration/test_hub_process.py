@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import uuid
 from collections.abc import Callable
 from pathlib import Path
 
+import httpx
 import pytest
 
 from hub import devservices
+from hub.api.security import digest
 from hub.storage.influx import InfluxClient
 from tests.conftest import ROOT, MqttProbe, wait_until, write_inventory
 
@@ -46,7 +49,17 @@ def test_hub_run_stores_and_stops_cleanly(
     inventory = write_inventory(
         tmp_path / "devices.csv", [("PO-TC-301", "traffic_counter", "iolo")]
     )
-    env = _hub_env(services, influx_db, tmp_path, HUB_INVENTORY=str(inventory))
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        api_port = sock.getsockname()[1]
+    env = _hub_env(
+        services,
+        influx_db,
+        tmp_path,
+        HUB_INVENTORY=str(inventory),
+        HUB_API_PORT=str(api_port),
+        HUB_API_KEYS=f"wall:comune:reader:{digest('k-1')}",
+    )
     log = (tmp_path / "hub.log").open("w")
     proc = subprocess.Popen([sys.executable, "-m", "hub.cli", "run"], env=env, stderr=log)
     try:
@@ -62,6 +75,11 @@ def test_hub_run_stores_and_stops_cleanly(
             what="the point written by `hub run`",
         )
         assert rows[0]["values"][0][1:] == [12.3, "iolo"]
+        api = f"http://127.0.0.1:{api_port}"
+        assert httpx.get(f"{api}/healthz").json() == {"status": "ok"}
+        devices = httpx.get(f"{api}/api/v1/devices", headers={"Authorization": "Bearer k-1"})
+        assert [d["device_id"] for d in devices.json()["devices"]] == ["PO-TC-301"]
+        assert devices.json()["devices"][0]["online"] is True
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
     finally:

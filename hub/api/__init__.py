@@ -1,0 +1,1 @@
+"""The operator API (FastAPI): devices, aggregates, domain views, alerts, operations."""
