@@ -23,6 +23,12 @@ export HUB_INFLUX_DB=prato
 export HUB_INVENTORY="$STATE/devices.csv"
 export HUB_DATA_DIR="$STATE/data"
 export HUB_MQTT_CLIENT_ID=prato-hub-demo
+# the API on a free port, with one operator key made for this demo
+HUB_API_PORT=$(.venv/bin/python -c "import socket; s=socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])")
+export HUB_API_PORT
+DEMO_KEY=$("$HUB" apikey new --id demo --org comune --role operator | sed -n 's/^key (.*): //p')
+HUB_API_KEYS=$(.venv/bin/python -c "import sys; from hub.api.security import digest; print('demo:comune:operator:' + digest(sys.argv[1]))" "$DEMO_KEY")
+export HUB_API_KEYS
 # local InfluxDB 1.x only: production databases/buckets are created at deployment
 .venv/bin/python -c "import sys; from hub import devservices; devservices.create_database(sys.argv[1], 'prato')" "$HUB_INFLUX_URL"
 
@@ -59,6 +65,10 @@ Data is arriving. In another shell:
   source $STATE/env.sh; export HUB_INFLUX_DB=prato
   $HUB show                                         # points per measurement
   mosquitto_sub -p ${HUB_MQTT_URL##*:} -t 'hub/deadletter/#' -v   # dead letters (bad frames)
+  mosquitto_sub -p ${HUB_MQTT_URL##*:} -t 'hub/alerts/#' -v       # alert notifications
+The API (key for this demo: $DEMO_KEY):
+  http://127.0.0.1:$HUB_API_PORT/api/v1/docs
+  curl -H "Authorization: Bearer $DEMO_KEY" http://127.0.0.1:$HUB_API_PORT/api/v1/views/parking/occupancy
 Ctrl-C stops everything.
 
 INFO
@@ -68,6 +78,9 @@ while :; do
     sleep 5
     echo "---- $(date +%T)"
     "$HUB" show --hours 24 || true
+    curl -fsS -H "Authorization: Bearer $DEMO_KEY" \
+        "http://127.0.0.1:$HUB_API_PORT/api/v1/alerts" \
+        | .venv/bin/python -c "import json,sys; b=json.load(sys.stdin); print(f'open alerts: {b[\"total\"]}')" || true
     if [[ -n "${DEMO_SECONDS:-}" ]] && (( SECONDS - started >= DEMO_SECONDS )); then
         break
     fi
