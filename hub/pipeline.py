@@ -37,10 +37,11 @@ from dataclasses import dataclass
 from hub.alerts.annotations import AlertEventStore
 from hub.alerts.engine import AlertEngine
 from hub.alerts.rules import compile_rule
+from hub.errors import StoreError
 from hub.ingest.mqtt import MqttLink, wall_clock_ms
 from hub.inventory import DeviceRegistry, Inventory
 from hub.metrics import Metrics
-from hub.model import DeadLetter, Decoded, RawMessage
+from hub.model import DeadLetter, Decoded, FieldValue, Point, RawMessage
 from hub.notify.channels import build_channels
 from hub.notify.config import load_notify_config
 from hub.notify.dispatch import Dispatcher
@@ -53,6 +54,7 @@ from hub.storage.writer import Batch, BatchWriter, Entry
 log = logging.getLogger(__name__)
 
 _STOP = object()
+STATS_MEASUREMENT = "hub_stats"
 RAW_RING = 3
 RAW_PAYLOAD_CAP = 2_048
 ALERT_CHUNK = 500
@@ -158,6 +160,9 @@ class Hub:
         self.dead_letters: collections.deque[DeadLetter] = collections.deque(maxlen=1_000)
         self.raw_messages: dict[str, collections.deque[RawMessage]] = {}
         self._threads: list[threading.Thread] = []
+        self._clock_ms = clock_ms
+        self._stats_stop = threading.Event()
+        self._stats_thread: threading.Thread | None = None
         self.metrics.gauge("inbox_depth", self.inbox.qsize)
         self.metrics.gauge("outbox_depth", self.outbox.qsize)
         self.metrics.gauge("mqtt_connected", lambda: float(self.link.connected))
@@ -271,6 +276,41 @@ class Hub:
                     pass
                 return
 
+    # -- self-monitoring ----------------------------------------------------------------------
+
+    def stats_point(self, now_ms: int) -> Point:
+        """The hub's own counters and gauges as a ``hub_stats`` point (for Grafana)."""
+        m = self.metrics
+        fields: dict[str, FieldValue] = {
+            "received": self.received,
+            "decoded": int(m.total("messages_decoded_total")),
+            "dead_lettered": int(m.total("messages_dead_lettered_total")),
+            "points_written": int(m.total("points_written_total")),
+            "points_rejected": int(m.total("points_rejected_total")),
+            "write_retries": int(m.total("write_retries_total")),
+            "write_batches": int(m.total("write_batches_total")),
+            "write_seconds": float(m.total("write_seconds_total")),
+            "inbox_depth": self.inbox.qsize(),
+            "outbox_depth": self.outbox.qsize(),
+            "alerts_open": len(self.alerts.open_alerts()),
+            "notifications_pending": self.dispatcher.pending(),
+            "mqtt_connected": self.link.connected,
+        }
+        return Point(STATS_MEASUREMENT, {"client_id": self.settings.mqtt_client_id}, fields, now_ms)
+
+    def _stats_loop(self, interval_s: float) -> None:
+        # best effort: the hub's own stats must never hold up or endanger device data
+        store = make_store(self.settings)
+        try:
+            while not self._stats_stop.wait(interval_s):
+                try:
+                    store.write(lineprotocol.encode(self.stats_point(self._clock_ms())))
+                except StoreError as exc:
+                    self.metrics.inc("stats_write_failures_total")
+                    log.debug("hub_stats not written: %s", exc)
+        finally:
+            store.close()
+
     # -- lifecycle ----------------------------------------------------------------------------
 
     def start(self, connect_timeout_s: float = 30.0) -> None:
@@ -281,6 +321,15 @@ class Hub:
             thread = threading.Thread(target=target, name=name, daemon=True)
             thread.start()
             self._threads.append(thread)
+        if self.settings.stats_interval_s > 0:
+            stats = threading.Thread(
+                target=self._stats_loop,
+                args=(self.settings.stats_interval_s,),
+                name="hub-stats",
+                daemon=True,
+            )
+            stats.start()
+            self._stats_thread = stats
         self.link.start(self.profiles.subscriptions, self.settings.mqtt_qos, self._receive)
         self.link.wait_connected(connect_timeout_s)
         log.info(
@@ -302,6 +351,9 @@ class Hub:
             self._stopping.set()
             for thread in self._threads:
                 thread.join(5)
+        self._stats_stop.set()
+        if self._stats_thread is not None:
+            self._stats_thread.join(5)
         self.alerts.stop()
         self.dispatcher.stop(timeout_s=max(1.0, deadline - time.monotonic()))
         self.link.stop()

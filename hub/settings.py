@@ -80,6 +80,8 @@ class Settings(BaseSettings):
     api_keys: SecretStr | None = None
     api_cors_origins: list[str] = Field(default_factory=list)
 
+    stats_interval_s: float = Field(default=10.0, ge=0)  # hub_stats points; 0: off
+
     notify_config: Path | None = None
     alert_tick_s: float = Field(default=1.0, gt=0)
     alert_startup_grace_s: float = Field(default=120.0, ge=0)

@@ -246,3 +246,28 @@ def test_a_fourth_family_needs_only_a_profile_file(
         "WHERE time >= '2026-11-24T00:00:00Z' AND time < '2026-11-25T00:00:00Z'"
     )
     assert probes[0]["values"][0][1:] == [410.5, "p1"]
+
+
+def test_the_hub_writes_its_own_stats(
+    start_hub: Callable[..., HubHarness],
+    mqtt_probe: Callable[..., MqttProbe],
+    influx: InfluxClient,
+) -> None:
+    harness = start_hub(stats_interval_s=0.05)
+    probe = mqtt_probe()
+    probe.publish("traffic/PO-TC-S01/health", _health(12.0))
+    probe.publish("traffic/PO-TC-S01/csv", b"broken")
+    rows = wait_until(
+        lambda: [
+            r
+            for s in influx.query(
+                "SELECT received, decoded, dead_lettered, points_written, mqtt_connected "
+                "FROM hub_stats WHERE time > now() - 1h GROUP BY client_id"
+            )
+            for r in s["values"]
+            if r[1:] == [2, 1, 1, 1, True]
+        ],
+        what="a hub_stats point counting both messages",
+    )
+    assert rows
+    assert harness.hub.settings.mqtt_client_id.startswith("hub-test-")
