@@ -49,7 +49,8 @@ from hub.profiles.profile_set import ProfileSet
 from hub.settings import Settings
 from hub.storage import lineprotocol
 from hub.storage.influx import InfluxClient
-from hub.storage.writer import Batch, BatchWriter, Entry
+from hub.storage.spool import Spool
+from hub.storage.writer import Batch, BatchWriter, Entry, SpoolReplayer
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +123,23 @@ class Hub:
             clock_ms=clock_ms,
         )
         self.store = make_store(settings)
+        self.spool = (
+            Spool(settings.data_dir / "spool", settings.spool_max_bytes)
+            if settings.spool_max_bytes > 0
+            else None
+        )
+        self._replay_stop = threading.Event()
+        self.replayer = (
+            SpoolReplayer(
+                self.spool,
+                self.store,
+                self.metrics,
+                self._replay_stop,
+                retry_max_s=settings.retry_max_s,
+            )
+            if self.spool is not None
+            else None
+        )
         self.writer = BatchWriter(
             self.store,
             self.link,
@@ -129,6 +147,7 @@ class Hub:
             self.metrics,
             self._stopping,
             retry_max_s=settings.retry_max_s,
+            spool=self.spool,
         )
         rules = [
             compile_rule(item.profile.profile, rule)
@@ -164,6 +183,11 @@ class Hub:
         self._stats_stop = threading.Event()
         self._stats_thread: threading.Thread | None = None
         self.metrics.gauge("inbox_depth", self.inbox.qsize)
+        if self.spool is not None:
+            spool = self.spool
+            self.metrics.gauge("spool_bytes", lambda: float(spool.bytes))
+            self.metrics.gauge("spool_records", lambda: float(spool.records))
+            self.metrics.gauge("spool_full", lambda: float(spool.full))
         self.metrics.gauge("outbox_depth", self.outbox.qsize)
         self.metrics.gauge("mqtt_connected", lambda: float(self.link.connected))
         self.metrics.gauge("messages_received", lambda: float(self.received))
@@ -295,6 +319,7 @@ class Hub:
             "alerts_open": len(self.alerts.open_alerts()),
             "notifications_pending": self.dispatcher.pending(),
             "mqtt_connected": self.link.connected,
+            "spool_bytes": self.spool.bytes if self.spool is not None else 0,
         }
         return Point(STATS_MEASUREMENT, {"client_id": self.settings.mqtt_client_id}, fields, now_ms)
 
@@ -317,6 +342,8 @@ class Hub:
         """Start dispatcher, alerts, writer, decoder, then the subscription (back to front)."""
         self.dispatcher.start()
         self.alerts.start()
+        if self.replayer is not None:
+            self.replayer.start()
         for name, target in (("hub-writer", self._write_loop), ("hub-decoder", self._decode_loop)):
             thread = threading.Thread(target=target, name=name, daemon=True)
             thread.start()
@@ -356,6 +383,11 @@ class Hub:
             self._stats_thread.join(5)
         self.alerts.stop()
         self.dispatcher.stop(timeout_s=max(1.0, deadline - time.monotonic()))
+        self._replay_stop.set()
+        if self.replayer is not None:
+            self.replayer.join(10)
+        if self.spool is not None:
+            self.spool.close()
         self.link.stop()
         self.store.close()
         log.info("hub stopped: %d messages received", self.received)

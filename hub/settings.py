@@ -71,6 +71,8 @@ class Settings(BaseSettings):
     flush_interval_s: float = Field(default=1.0, gt=0)
     queue_size: int = Field(default=50_000, ge=100)
     retry_max_s: float = Field(default=30.0, gt=0)
+    # on-disk spool for while InfluxDB is down (under HUB_DATA_DIR/spool); 0 turns it off
+    spool_max_bytes: int = Field(default=1024**3, ge=0)
 
     api_enabled: bool = True
     api_host: str = "127.0.0.1"

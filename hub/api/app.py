@@ -94,12 +94,22 @@ def _operations(ctx: ApiContext) -> APIRouter:
 
     @router.get("/readyz")
     def readyz() -> JSONResponse:
-        """Ready: InfluxDB answers and (when ingest runs here) the broker is connected."""
+        """Ready: InfluxDB answers, and (when ingest runs here) the broker is connected and
+        the spool is not full; the spool's size is reported while it holds anything."""
         checks: dict[str, bool] = {"influxdb": ctx.store.ping()}
+        body: dict[str, Any] = {}
         if ctx.hub is not None:
             checks["mqtt"] = ctx.hub.link.connected
+            spool = ctx.hub.spool
+            if spool is not None:
+                # spooling keeps data safe while InfluxDB is away; a full spool means the
+                # hub has stopped acknowledging and the broker is holding the messages
+                checks["spool_not_full"] = not spool.full
+                body["spool"] = {"bytes": spool.bytes, "batches": spool.records}
         ready = all(checks.values())
-        return JSONResponse({"ready": ready, "checks": checks}, status_code=200 if ready else 503)
+        return JSONResponse(
+            {"ready": ready, "checks": checks, **body}, status_code=200 if ready else 503
+        )
 
     @router.get("/metrics", response_class=PlainTextResponse)
     def metrics() -> str:

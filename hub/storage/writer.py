@@ -10,9 +10,13 @@ that produced no point. ``BatchWriter.commit`` makes a batch durable, in this or
 2. publish every dead letter (QoS 1) and wait for the broker's confirmation;
 3. acknowledge every message of the batch to the broker.
 
-A message is acknowledged only after step 1 and 2 succeeded for it. If the hub stops while
-InfluxDB or the broker is down, the batch is left unacknowledged: the broker keeps it in the
-persistent session and redelivers it after restart (device timestamps make that idempotent).
+A message is acknowledged only after step 1 and 2 succeeded for it. While InfluxDB is
+unreachable, step 1 appends the batch to the on-disk ``Spool`` instead (fsync'd, so the
+messages can be acknowledged) and ``SpoolReplayer`` writes it to InfluxDB, in order, when it
+is back; while the spool holds anything, new batches queue behind it to keep that order. When
+the spool is full, the writer keeps retrying and stops acknowledging: the broker keeps the
+messages. If the hub stops while nothing can take a batch, it is left unacknowledged and the
+broker redelivers it after restart (device timestamps make that idempotent).
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ import orjson
 from hub.errors import BrokerError, StoreRejected, StoreUnavailable
 from hub.metrics import Metrics
 from hub.model import DeadLetter, RawMessage
+from hub.storage.spool import Spool
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +121,9 @@ class BatchWriter:
         retry_first_s: float = 0.5,
         retry_max_s: float = 30.0,
         publish_timeout_s: float = 10.0,
+        spool: Spool | None = None,
     ) -> None:
+        self._spool = spool
         self._store = store
         self._letters = letters
         self._ack = ack
@@ -163,33 +170,61 @@ class BatchWriter:
                     raise Aborted from exc
                 delay = min(delay * 2, self._retry_max)
 
+    def _spooled(self, entries: list[Entry], body: str) -> bool:
+        if self._spool is None or not self._spool.append(body):
+            return False
+        self._metrics.inc("points_spooled_total", sum(entry.points for entry in entries))
+        return True
+
     def _write(self, entries: list[Entry]) -> list[DeadLetter]:
-        """Write ``entries``; returns dead letters for messages InfluxDB rejected."""
+        """Write ``entries`` (or spool them); returns dead letters for rejected messages."""
         body = "\n".join(entry.lines for entry in entries)
-        started = time.monotonic()
-        try:
-            self._retrying(lambda: self._store.write(body), "influxdb")
-        except StoreRejected as exc:
-            if len(entries) == 1:
-                entry = entries[0]
-                self._metrics.inc("points_rejected_total", entry.points, profile=entry.profile)
-                log.error("InfluxDB rejected a message on %s: %s", entry.message.topic, exc)
-                return [
-                    DeadLetter(
-                        entry.profile,
-                        "rejected_by_store",
-                        str(exc),
-                        entry.message,
-                        {"lines": entry.lines},
-                    )
-                ]
-            half = len(entries) // 2
-            return self._write(entries[:half]) + self._write(entries[half:])
-        self.last_write_s = time.monotonic() - started
-        self._metrics.inc("points_written_total", sum(entry.points for entry in entries))
-        self._metrics.inc("write_batches_total")
-        self._metrics.inc("write_seconds_total", self.last_write_s)
-        return []
+        delay = self._retry_first
+        while True:
+            if self._spool is not None and self._spool.records and self._spooled(entries, body):
+                return []  # older batches wait in the spool: stay behind them
+            started = time.monotonic()
+            try:
+                self._store.write(body)
+            except StoreRejected as exc:
+                return self._rejected(entries, exc)
+            except StoreUnavailable as exc:
+                if self._spooled(entries, body):
+                    log.warning("InfluxDB unavailable, batch spooled to disk: %s", exc)
+                    return []
+                wait = (
+                    delay
+                    if exc.retry_after_s is None
+                    else min(max(exc.retry_after_s, 0.1), self._retry_max)
+                )
+                self._metrics.inc("write_retries_total", target="influxdb")
+                log.warning("write failed (spool full or off), retrying in %.1f s: %s", wait, exc)
+                if self._stopping.wait(wait):
+                    raise Aborted from exc
+                delay = min(delay * 2, self._retry_max)
+                continue
+            self.last_write_s = time.monotonic() - started
+            self._metrics.inc("points_written_total", sum(entry.points for entry in entries))
+            self._metrics.inc("write_batches_total")
+            self._metrics.inc("write_seconds_total", self.last_write_s)
+            return []
+
+    def _rejected(self, entries: list[Entry], exc: StoreRejected) -> list[DeadLetter]:
+        if len(entries) == 1:
+            entry = entries[0]
+            self._metrics.inc("points_rejected_total", entry.points, profile=entry.profile)
+            log.error("InfluxDB rejected a message on %s: %s", entry.message.topic, exc)
+            return [
+                DeadLetter(
+                    entry.profile,
+                    "rejected_by_store",
+                    str(exc),
+                    entry.message,
+                    {"lines": entry.lines},
+                )
+            ]
+        half = len(entries) // 2
+        return self._write(entries[:half]) + self._write(entries[half:])
 
     def _send_letters(self, letters: list[DeadLetter]) -> None:
         def send() -> None:
@@ -207,3 +242,69 @@ class BatchWriter:
         self._retrying(send, "deadletter")
         for letter in letters:
             self._metrics.inc("dead_letters_published_total", profile=letter.profile)
+
+
+class SpoolReplayer:
+    """Writes spooled batches to InfluxDB, oldest first, on its own thread."""
+
+    def __init__(
+        self,
+        spool: Spool,
+        store: LineStore,
+        metrics: Metrics,
+        stopping: threading.Event,
+        *,
+        retry_first_s: float = 0.5,
+        retry_max_s: float = 30.0,
+    ) -> None:
+        self._spool = spool
+        self._store = store
+        self._metrics = metrics
+        self._stopping = stopping
+        self._retry_first = retry_first_s
+        self._retry_max = retry_max_s
+        self._thread = threading.Thread(target=self._run, name="hub-spool", daemon=True)
+
+    def start(self) -> None:
+        """Start replaying (what a previous run left in the spool comes first)."""
+        self._thread.start()
+
+    def join(self, timeout_s: float) -> None:
+        """Wait for the thread after ``stopping`` was set."""
+        self._thread.join(timeout_s)
+
+    def _run(self) -> None:
+        delay = self._retry_first
+        while not self._stopping.is_set():
+            with self._spool.not_empty:
+                if not self._spool.records:
+                    self._spool.not_empty.wait(0.5)
+                    continue
+            lines = self._spool.peek()
+            if lines is None:
+                continue
+            try:
+                self._write(lines.split("\n"))
+            except StoreUnavailable as exc:
+                self._metrics.inc("write_retries_total", target="spool")
+                log.debug("spool replay waits for InfluxDB: %s", exc)
+                self._stopping.wait(delay)
+                delay = min(delay * 2, self._retry_max)
+                continue
+            delay = self._retry_first
+            self._spool.pop()
+
+    def _write(self, lines: list[str]) -> None:
+        try:
+            self._store.write("\n".join(lines))
+        except StoreRejected as exc:
+            if len(lines) == 1:
+                # the message was acknowledged when spooled: log the line, count it
+                self._metrics.inc("points_rejected_total", profile="spool")
+                log.error("InfluxDB rejected a spooled point, dropped: %s: %s", lines[0], exc)
+                return
+            half = len(lines) // 2
+            self._write(lines[:half])
+            self._write(lines[half:])
+            return
+        self._metrics.inc("points_replayed_total", len(lines))

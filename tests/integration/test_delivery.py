@@ -53,6 +53,7 @@ def test_unwritten_messages_stay_with_the_broker_until_a_hub_stores_them(
         mqtt_client_id=client_id,
         influx_url=f"http://127.0.0.1:{dead_port}",
         retry_max_s=0.2,
+        spool_max_bytes=0,  # no spool: the broker is the only place the messages can wait
     )
     probe = mqtt_probe()
     sites = [f"PO-TC-R{n:03d}" for n in range(50)]
@@ -81,6 +82,7 @@ class CuttableProxy:
         self._sockets: list[socket.socket] = []
         self._lock = threading.Lock()
         self.accepted = 0
+        self.down = False  # while set, connections are closed at once (a dead service)
         threading.Thread(target=self._accept, daemon=True).start()
 
     def _accept(self) -> None:
@@ -89,6 +91,9 @@ class CuttableProxy:
                 client, _ = self._server.accept()
             except OSError:
                 return
+            if self.down:
+                client.close()
+                continue
             upstream = socket.create_connection(("127.0.0.1", self._target))
             with self._lock:
                 self._sockets += [client, upstream]
