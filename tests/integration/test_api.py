@@ -109,7 +109,10 @@ def test_operations_endpoints(seeded: tuple[HubHarness, TestClient]) -> None:
     _, client = seeded
     assert client.get("/healthz").json() == {"status": "ok"}
     ready = client.get("/readyz")
-    assert (ready.status_code, ready.json()["checks"]) == (200, {"influxdb": True, "mqtt": True})
+    assert (ready.status_code, ready.json()["checks"]) == (
+        200,
+        {"influxdb": True, "mqtt": True, "spool_not_full": True},
+    )
     text = client.get("/metrics").text
     assert 'hub_messages_decoded_total{profile="traffic_counter"} 2' in text
     assert 'hub_messages_dead_lettered_total{profile="traffic_counter",reason=' in text
