@@ -6,7 +6,9 @@ them) and counts: published, stored, duplicated (0), lost (0).
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -26,9 +28,11 @@ from hub.api.app import create_app
 from hub.api.context import ApiContext
 from hub.api.security import ApiKeys
 from hub.ingest.mqtt import MqttLink
+from hub.inventory import Inventory
 from hub.model import Decoded, RawMessage
+from hub.pipeline import Hub
 from hub.profiles.profile_set import ProfileSet
-from hub.settings import MqttEndpoint
+from hub.settings import MqttEndpoint, Settings
 from hub.simulate.fleet import Fleet, FleetSpec, SimMessage
 from hub.simulate.publish import publish_all
 from hub.storage.influx import InfluxClient
@@ -294,3 +298,89 @@ def test_a_200k_burst_is_stored_whole(
     wait_until(
         lambda: stored_counts(influx) == expected, timeout_s=300, what="all 200,000 messages stored"
     )
+
+
+def test_broker_restart_loses_nothing(tmp_path: Path) -> None:
+    state = tmp_path / "services"
+    own = devservices.start(state)
+    record = json.loads((state / "services.json").read_text())
+    devservices.create_database(own.influx_url, "restart")
+    influx = InfluxClient(own.influx_url, "restart")
+    settings = Settings(
+        mqtt_url=own.mqtt_url,
+        mqtt_client_id="hub-broker-restart",
+        influx_url=own.influx_url,
+        influx_db="restart",
+        profiles_dir=ROOT / "device_profiles",
+        data_dir=tmp_path / "data",
+        flush_interval_s=0.05,
+        stats_interval_s=0,
+        alert_startup_grace_s=3600,
+    )
+
+    def start() -> Hub:
+        hub = Hub(settings, ProfileSet.load(settings.profiles_dir), Inventory([]))
+        hub.start()
+        return hub
+
+    def publish(prefix: str, count: int) -> None:
+        link = MqttLink(
+            MqttEndpoint(own.mqtt_url), f"pub-{prefix}", persistent=False, manual_ack=False
+        )
+        link.start([], 1, None)
+        link.wait_connected(10)
+        mids = [link.publish(*_health(f"PO-TC-{prefix}{n:03d}", 12.0)) for n in range(count)]
+        assert link.wait_published(mids, 10)
+        link.stop()
+
+    brokers: list[subprocess.Popen[bytes]] = []
+
+    def restart_broker() -> None:
+        os.kill(record["mosquitto_pid"], signal.SIGTERM)  # it saves its persistence file
+        for mine in brokers:
+            mine.wait(10)
+        wait_until(lambda: not devservices.tcp_accepts(own.mqtt_port), what="broker down")
+        broker = subprocess.Popen(
+            [shutil.which("mosquitto") or "/usr/sbin/mosquitto", "-c", record["mosquitto_config"]],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        record["mosquitto_pid"] = broker.pid
+        brokers.append(broker)
+        wait_until(lambda: devservices.tcp_accepts(own.mqtt_port), what="broker up")
+
+    def stored() -> set[str]:
+        rows = influx.query(
+            'SELECT count("supply_v") FROM traffic_health '
+            'WHERE time > now() - 1h GROUP BY "device_id"'
+        )
+        return {r["tags"]["device_id"] for r in rows}
+
+    def sites(prefix: str) -> set[str]:
+        return {f"PO-TC-{prefix}{n:03d}" for n in range(100)}
+
+    hub = start()
+    try:
+        publish("A", 100)
+        wait_until(lambda: stored() == sites("A"), what="batch A")
+        hub.stop()
+        publish("B", 100)  # queued in the hub's session while the hub is away ...
+        restart_broker()  # ... and kept across a broker restart (persistence)
+        hub = start()
+        wait_until(lambda: stored() == sites("A") | sites("B"), what="batch B")
+        restart_broker()  # with the hub connected: it reconnects and re-subscribes
+        wait_until(
+            lambda: hub.link.connected and hub.link.connects >= 2,
+            timeout_s=40,
+            what="the hub reconnected",
+        )
+        publish("C", 100)
+        wait_until(lambda: stored() == sites("A") | sites("B") | sites("C"), what="batch C")
+    finally:
+        hub.stop(timeout_s=10)
+        influx.close()
+        os.kill(record["mosquitto_pid"], signal.SIGTERM)
+        for mine in brokers:
+            mine.wait(10)
+        devservices.stop(state)
