@@ -112,3 +112,10 @@ def test_random_bytes_never_raise(topic: str, payload: bytes) -> None:
 def test_random_json_documents_never_raise(topic: str, document: dict[str, object]) -> None:
     result = _decode(topic, json.dumps(document).encode())
     assert isinstance(result, Decoded | DeadLetter)
+
+
+@settings(max_examples=500, deadline=None)
+@given(topic=st.text(max_size=120))
+def test_topic_routing_never_raises_on_any_topic(topic: str) -> None:
+    result = _decode(topic, b"{}")
+    assert isinstance(result, Decoded | DeadLetter)

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import orjson
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from hub import devservices
 from hub.model import Point
@@ -276,3 +278,23 @@ def test_the_hub_writes_its_own_stats(
     )
     assert rows
     assert harness.hub.settings.mqtt_client_id.startswith("hub-test-")
+
+
+tag_strings = st.text(
+    alphabet=st.characters(codec="utf-8", blacklist_characters="\r\n\x00"), min_size=1, max_size=40
+).filter(lambda s: not s.endswith("\\") and s.strip() == s and s != "")
+field_strings = st.text(
+    alphabet=st.characters(codec="utf-8", blacklist_characters="\x00"), max_size=80
+)
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(tag=tag_strings, text=field_strings)
+def test_any_string_round_trips_through_influxdb(influx: InfluxClient, tag: str, text: str) -> None:
+    time_ms = 1_795_539_600_000 + abs(hash((tag, text))) % 1_000_000
+    influx.write(lineprotocol.encode(Point("fuzz", {"device_id": tag}, {"s": text}, time_ms)))
+    rows = influx.query(f"SELECT s, device_id FROM fuzz WHERE time = {time_ms}ms")
+    found = {(r[2], r[1]) for s in rows for r in s["values"]}
+    assert (tag, text) in found
