@@ -20,7 +20,7 @@ from types import FrameType
 
 from pydantic import ValidationError
 
-from hub import __version__
+from hub import __version__, broker_admin
 from hub.api.app import create_app
 from hub.api.context import ApiContext
 from hub.api.security import ApiKeys, digest, new_token
@@ -286,6 +286,8 @@ def build_parser() -> argparse.ArgumentParser:
     new.add_argument("--org", required=True, help="organisation, e.g. comune, citelum")
     new.add_argument("--role", choices=["reader", "operator"], default="reader")
     new.set_defaults(func=cmd_apikey)
+
+    broker_admin.add_parser(commands)
 
     show = commands.add_parser("show", help="points stored per measurement (recent hours)")
     show.add_argument("--hours", type=int, default=7 * 24)

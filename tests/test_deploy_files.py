@@ -4,7 +4,8 @@ The Dockerfile, docker-compose.yml, .env.example and the Grafana provisioning ar
 for real on a Docker host; these tests catch what can be caught before that: a compose file that
 does not validate or starts with a missing secret, a COPY of a file that is not there (or that
 .dockerignore leaves out), floating image tags, and dashboards that point at the wrong datasource
-or run unbounded queries.
+or run unbounded queries, dashboard models that Grafana would load wrongly (duplicate ids and
+uids, undefined variables), and the geomap gazetteer and its generator.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -366,3 +368,220 @@ def test_dashboard_panels_use_the_provisioned_datasource_and_bounded_queries(
 def test_overview_dashboard_has_its_fixed_uid() -> None:
     dashboard = json.loads((DASHBOARDS_DIR / "hub-overview.json").read_text(encoding="utf-8"))
     assert dashboard["uid"] == "prato-overview"
+
+
+# --- every dashboard's JSON model -------------------------------------------------------------
+
+GAZETTEER_DIR = ROOT / "grafana" / "gazetteer"
+MAKE_GAZETTEER = ROOT / "grafana" / "make_gazetteer.py"
+# Where docker-compose.yml mounts grafana/gazetteer/ in the Grafana container, and the URL path
+# under which Grafana serves that folder (its static files live in /usr/share/grafana/public).
+GAZETTEER_MOUNT = "./grafana/gazetteer:/usr/share/grafana/public/gazetteer/prato"
+GAZETTEER_URL_PREFIX = "public/gazetteer/prato/"
+# What Grafana itself fills into an InfluxQL query, beside the dashboard's own variables.
+GRAFANA_MACROS = {"timeFilter", "__interval", "__interval_ms"}
+PANEL_TYPES = {"stat", "table", "timeseries", "bargauge", "geomap", "state-timeline", "row"}
+VARIABLE_USE = re.compile(r"\$\{(\w+)\}|\[\[(\w+)\]\]|\$(\w+)")
+# A multi-value variable is only safe inside a regular expression: Grafana sends it as
+# `(a|b)` (or the allValue), which `= 'value'` would not match.
+REGEX_USE = re.compile(r"=~ /\^\$(\w+)\$/")
+
+
+def _model(path: Path) -> dict[str, Any]:
+    model = json.loads(path.read_text(encoding="utf-8"))
+    assert isinstance(model, dict), f"{path.name} is not a JSON object"
+    return model
+
+
+def _variables(model: dict[str, Any]) -> list[dict[str, Any]]:
+    variables = model["templating"]["list"]
+    assert isinstance(variables, list)
+    return variables
+
+
+def _annotation_queries(model: dict[str, Any]) -> list[tuple[str, dict[str, Any], str]]:
+    """(name, annotation, InfluxQL) of each InfluxDB annotation of a dashboard."""
+    found = []
+    for annotation in model["annotations"]["list"]:
+        if annotation.get("builtIn"):
+            continue
+        found.append((annotation["name"], annotation, annotation["target"]["query"]))
+    return found
+
+
+def _queries(model: dict[str, Any]) -> list[tuple[str, str]]:
+    """(where, InfluxQL) of every panel target, annotation and variable of a dashboard."""
+    found = [
+        (f"panel {panel['id']} {target['refId']}", target["query"])
+        for panel in _all_panels(model["panels"])
+        for target in panel.get("targets", [])
+    ]
+    found += [(f"annotation {name}", query) for name, _, query in _annotation_queries(model)]
+    found += [
+        (f"variable {v['name']}", v["query"]) for v in _variables(model) if v["type"] == "query"
+    ]
+    return found
+
+
+def test_dashboards_have_unique_uids_and_titles_and_one_schema_version() -> None:
+    models = {path.name: _model(path) for path in _dashboards()}
+    uids = [model["uid"] for model in models.values()]
+    assert len(uids) == len(set(uids)), f"duplicate dashboard uids: {uids}"
+    titles = [model["title"] for model in models.values()]
+    assert len(titles) == len(set(titles)), f"duplicate dashboard titles: {titles}"
+    versions = {name: model["schemaVersion"] for name, model in models.items()}
+    assert len(set(versions.values())) == 1, f"schemaVersion differs: {versions}"
+    for name, model in models.items():
+        assert model["editable"] is False, f"{name}: provisioned dashboards are read-only"
+        assert "id" not in model or model["id"] is None, f"{name}: a fixed id clashes on import"
+        assert model["time"]["from"].startswith("now-"), name
+        assert "prato" in model["tags"], f"{name}: the dashboards link each other by tag prato"
+
+
+@pytest.mark.parametrize("path", _dashboards(), ids=lambda path: path.name)
+def test_dashboard_model_is_well_formed(path: Path) -> None:
+    model = _model(path)
+    panels = _all_panels(model["panels"])
+    for panel in panels:
+        where = f"{path.name} panel {panel['id']} ({panel.get('title')!r})"
+        assert isinstance(panel["id"], int), where
+        assert panel["type"] in PANEL_TYPES, f"{where}: unexpected type {panel['type']}"
+        assert panel.get("title"), where
+        grid = panel["gridPos"]
+        assert all(isinstance(grid[k], int) for k in ("h", "w", "x", "y")), where
+        assert grid["w"] > 0, where
+        assert grid["h"] > 0, where
+        assert grid["x"] + grid["w"] <= 24, f"{where}: wider than the dashboard"
+        refs = [target["refId"] for target in panel.get("targets", [])]
+        assert len(refs) == len(set(refs)), f"{where}: duplicate refIds {refs}"
+        for target in panel.get("targets", []):
+            assert target.get("rawQuery") is True, f"{where} {target['refId']}: not raw InfluxQL"
+            assert target.get("resultFormat") in {"time_series", "table"}, where
+    titles = [panel["title"] for panel in panels]
+    assert len(titles) == len(set(titles)), f"{path.name}: duplicate panel titles"
+
+
+@pytest.mark.parametrize("path", _dashboards(), ids=lambda path: path.name)
+def test_dashboard_variables_and_annotations_use_the_datasource_and_are_defined(
+    path: Path,
+) -> None:
+    model = _model(path)
+    variables = {v["name"]: v for v in _variables(model)}
+    for name, variable in variables.items():
+        if variable["type"] == "query":
+            assert variable["datasource"]["uid"] == DATASOURCE_UID, f"{path.name} ${name}"
+            assert variable["query"].upper().startswith("SHOW TAG VALUES"), f"{path.name} ${name}"
+        if variable.get("multi") or variable.get("includeAll"):
+            # without it, "All" expands to every value as one huge regular expression
+            assert variable.get("allValue") == ".*", f"{path.name} ${name}: allValue"
+    for name, annotation, query in _annotation_queries(model):
+        where = f"{path.name} annotation {name!r}"
+        assert annotation["datasource"]["uid"] == DATASOURCE_UID, where
+        assert "$timeFilter" in query, f"{where}: unbounded query"
+        assert annotation["target"]["textColumn"], where
+    for panel in _all_panels(model["panels"]):
+        if "repeat" in panel:
+            assert panel["repeat"] in variables, f"{path.name} panel {panel['id']}: repeat"
+    for where, query in _queries(model):
+        used = {next(g for g in m.groups() if g) for m in VARIABLE_USE.finditer(query)}
+        unknown = used - variables.keys() - GRAFANA_MACROS
+        assert not unknown, f"{path.name} {where}: undefined variables {sorted(unknown)}"
+        in_regex = REGEX_USE.findall(query)
+        for name in used & variables.keys():
+            uses = len(re.findall(rf"\${name}\b", query))
+            assert in_regex.count(name) == uses, f"{path.name} {where}: ${name} outside =~ /^$/"
+
+
+def test_alert_annotations_are_on_every_domain_dashboard() -> None:
+    for name in ("parking.json", "lighting.json", "traffic.json", "alerts.json"):
+        queries = [q for _, _, q in _annotation_queries(_model(DASHBOARDS_DIR / name))]
+        assert any('FROM "alert_event"' in q for q in queries), f"{name}: no alert annotation"
+
+
+def test_geomap_gazetteer_is_mounted_and_valid() -> None:
+    mounts = [str(mount) for mount in _services()["grafana"]["volumes"]]
+    assert any(m.startswith(GAZETTEER_MOUNT) for m in mounts), mounts
+    geomaps = [
+        (path.name, layer)
+        for path in _dashboards()
+        for panel in _all_panels(_model(path)["panels"])
+        if panel["type"] == "geomap"
+        for layer in panel["options"]["layers"]
+    ]
+    assert geomaps, "no geomap panel"
+    for name, layer in geomaps:
+        location = layer["location"]
+        assert location["mode"] == "lookup", name
+        assert location["lookup"] == "device_id", name
+        gazetteer = location["gazetteer"]
+        assert gazetteer.startswith(GAZETTEER_URL_PREFIX), f"{name}: {gazetteer} is not mounted"
+        served = GAZETTEER_DIR / gazetteer.removeprefix(GAZETTEER_URL_PREFIX)
+        data = json.loads(served.read_text(encoding="utf-8"))
+        assert data["type"] == "FeatureCollection"
+        assert isinstance(data["features"], list)
+
+
+def _make_gazetteer(
+    tmp_path: Path, rows: list[str]
+) -> tuple[subprocess.CompletedProcess[str], Path]:
+    inventory = tmp_path / "devices.csv"
+    header = "device_id,profile,zone,lat,lon,owner,installed_at"
+    inventory.write_text("\n".join([header, *rows]) + "\n", encoding="utf-8")
+    output = tmp_path / "out" / "gazetteer.json"
+    result = subprocess.run(
+        [sys.executable, str(MAKE_GAZETTEER), str(inventory), "-o", str(output)],
+        capture_output=True,
+        text=True,
+        timeout=COMPOSE_TIMEOUT_S,
+        check=False,
+    )
+    return result, output
+
+
+def test_make_gazetteer_places_every_device_with_coordinates(tmp_path: Path) -> None:
+    result, output = _make_gazetteer(
+        tmp_path,
+        [
+            "PO-PB-00412,parking_bay,centro-storico,43.8805,11.0966,comune,2025-01-01",
+            "PO-LP-118-07,citelum_lighting,macrolotto,43.8655,11.0795,citelum,",
+            "PO-TC-017,traffic_counter,san-paolo,,,comune,",
+        ],
+    )
+    assert result.returncode == 0, result.stderr
+    assert "PO-TC-017" in result.stderr  # told which device is not on the map
+    features = json.loads(output.read_text(encoding="utf-8"))["features"]
+    assert [(f["id"], f["geometry"]["coordinates"]) for f in features] == [
+        ("PO-LP-118-07", [11.0795, 43.8655]),
+        ("PO-PB-00412", [11.0966, 43.8805]),
+    ]
+    assert features[1]["geometry"]["type"] == "Point"
+    assert features[1]["properties"] == {
+        "device_id": "PO-PB-00412",
+        "profile": "parking_bay",
+        "zone": "centro-storico",
+    }
+
+
+@pytest.mark.parametrize(
+    ("row", "reason"),
+    [
+        ("PO-PB-1,parking_bay,centro,91,11,comune,", "outside"),
+        ("PO-PB-1,parking_bay,centro,north,11,comune,", "not a number"),
+        (",parking_bay,centro,43.8,11,comune,", "empty device_id"),
+    ],
+)
+def test_make_gazetteer_refuses_a_bad_row_naming_its_line(
+    tmp_path: Path, row: str, reason: str
+) -> None:
+    result, output = _make_gazetteer(tmp_path, [row])
+    assert result.returncode == 1
+    assert reason in result.stderr
+    assert "devices.csv:2" in result.stderr
+    assert not output.exists()
+
+
+def test_make_gazetteer_refuses_a_device_listed_twice(tmp_path: Path) -> None:
+    row = "PO-PB-1,parking_bay,centro,43.8,11.1,comune,"
+    result, _ = _make_gazetteer(tmp_path, [row, row])
+    assert result.returncode == 1
+    assert "listed twice" in result.stderr

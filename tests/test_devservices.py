@@ -13,7 +13,6 @@ import json
 import os
 import shutil
 import socket
-import subprocess
 import sys
 import threading
 import time
@@ -324,56 +323,6 @@ def test_start_timeout_reports_the_log_and_stops_both(
 # ---------------------------------------------------------------------------------------
 # Broker configs of the repo
 # ---------------------------------------------------------------------------------------
-
-
-@pytest.mark.integration
-def test_production_config_is_valid_and_refuses_anonymous(tmp_path: Path) -> None:
-    mosquitto = shutil.which("mosquitto") or shutil.which("mosquitto", path="/usr/sbin")
-    mosquitto_passwd = shutil.which("mosquitto_passwd")
-    assert mosquitto is not None, "mosquitto missing: run scripts/setup.sh"
-    assert mosquitto_passwd is not None, "mosquitto_passwd missing: run scripts/setup.sh"
-    # The container layout (/mosquitto/config, /mosquitto/data) rebuilt under tmp_path.
-    root = tmp_path / "mosquitto"
-    shutil.copytree(REPO_ROOT / "mosquitto" / "conf.d", root / "config" / "conf.d")
-    (root / "data").mkdir()
-    subprocess.run(
-        [mosquitto_passwd, "-c", "-b", str(root / "config" / "passwd"), "hub", "s3cret"],
-        check=True,
-        capture_output=True,
-    )
-    port = _free_port()
-    production = (REPO_ROOT / "mosquitto" / "mosquitto.conf").read_text()
-    assert "\nlistener 1883\n" in production
-    config = production.replace("/mosquitto/", f"{root}/").replace(
-        "\nlistener 1883\n", f"\nlistener {port} 127.0.0.1\n"
-    )
-    if os.geteuid() == 0:
-        config = "user root\n" + config  # as in devservices: keep write access to tmp_path
-    (root / "config" / "mosquitto.conf").write_text(config)
-
-    log_path = root / "mosquitto.log"
-    with log_path.open("ab") as log:
-        broker = subprocess.Popen(
-            [mosquitto, "-c", str(root / "config" / "mosquitto.conf")],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        wait_until(
-            lambda: broker.poll() is not None or devservices.tcp_accepts(port),
-            10.0,
-            "production broker",
-        )
-        assert broker.poll() is None, log_path.read_text()
-        with _mqtt(port, "anonymous-probe") as (_, connack):
-            assert connack.is_failure
-            assert connack.getName() == "Not authorized"
-        with _mqtt(port, "hub-probe", credentials=("hub", "s3cret")) as (_, connack):
-            assert not connack.is_failure
-    finally:
-        broker.terminate()
-        broker.wait(timeout=10)
-    assert "limits.conf" in log_path.read_text()
 
 
 class _Collector:
