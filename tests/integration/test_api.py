@@ -209,3 +209,52 @@ def test_unreachable_influxdb_gives_503(seeded: tuple[HubHarness, TestClient]) -
             assert (ready.status_code, ready.json()["checks"]["influxdb"]) == (503, False)
     finally:
         dead.close()
+
+
+def test_cors_is_off_by_default_and_configurable(seeded: tuple[HubHarness, TestClient]) -> None:
+    harness, client = seeded
+    origin = {"Origin": "https://sala.comune.prato.it"}
+    assert "access-control-allow-origin" not in client.get("/healthz", headers=origin).headers
+    hub = harness.hub
+    settings = hub.settings.model_copy(update={"api_cors_origins": [origin["Origin"]]})
+    ctx = ApiContext(
+        settings=settings,
+        profiles=hub.profiles,
+        inventory=hub.inventory,
+        store=harness.influx,
+        metrics=hub.metrics,
+        keys=KEYS,
+        clock_ms=harness.clock,
+        hub=hub,
+    )
+    with TestClient(create_app(ctx)) as allowed:
+        answer = allowed.get("/healthz", headers=origin)
+        assert answer.headers["access-control-allow-origin"] == origin["Origin"]
+        other = allowed.get("/healthz", headers={"Origin": "https://evil.example"})
+        assert "access-control-allow-origin" not in other.headers
+
+
+def test_api_alone_serves_inventory_and_stored_data(
+    seeded: tuple[HubHarness, TestClient],
+) -> None:
+    harness, _ = seeded
+    hub = harness.hub
+    ctx = ApiContext(
+        settings=hub.settings,
+        profiles=hub.profiles,
+        inventory=hub.inventory,
+        store=harness.influx,
+        metrics=hub.metrics,
+        keys=KEYS,
+        clock_ms=harness.clock,
+        hub=None,
+    )
+    with TestClient(create_app(ctx)) as alone:
+        devices = alone.get("/api/v1/devices", headers=_auth(READER)).json()["devices"]
+        assert [d["device_id"] for d in devices] == ["PO-QE-118", "PO-TC-017", "PO-TC-404"]
+        assert {d["online"] for d in devices} == {None}  # unknown without ingest
+        detail = alone.get("/api/v1/devices/PO-TC-017", headers=_auth(READER)).json()
+        assert detail["latest"][0]["fields"]["supply_v"] == 12.4
+        alerts = alone.get("/api/v1/alerts", headers=_auth(READER))
+        assert alerts.status_code == 503
+        assert alone.get("/readyz").json()["checks"] == {"influxdb": True}
