@@ -303,6 +303,13 @@ def test_a_200k_burst_is_stored_whole(
 def test_broker_restart_loses_nothing(tmp_path: Path) -> None:
     state = tmp_path / "services"
     own = devservices.start(state)
+    try:
+        _broker_restart_scenario(own, state, tmp_path)
+    finally:
+        devservices.stop(state)
+
+
+def _broker_restart_scenario(own: devservices.Services, state: Path, tmp_path: Path) -> None:
     record = json.loads((state / "services.json").read_text())
     devservices.create_database(own.influx_url, "restart")
     influx = InfluxClient(own.influx_url, "restart")
@@ -383,4 +390,3 @@ def test_broker_restart_loses_nothing(tmp_path: Path) -> None:
         os.kill(record["mosquitto_pid"], signal.SIGTERM)
         for mine in brokers:
             mine.wait(10)
-        devservices.stop(state)
