@@ -179,35 +179,30 @@ class BatchWriter:
     def _write(self, entries: list[Entry]) -> list[DeadLetter]:
         """Write ``entries`` (or spool them); returns dead letters for rejected messages."""
         body = "\n".join(entry.lines for entry in entries)
-        delay = self._retry_first
-        while True:
+        rejected: list[DeadLetter] = []
+
+        def attempt() -> None:
+            nonlocal rejected
             if self._spool is not None and self._spool.records and self._spooled(entries, body):
-                return []  # older batches wait in the spool: stay behind them
+                return  # older batches wait in the spool: stay behind them
             started = time.monotonic()
             try:
                 self._store.write(body)
             except StoreRejected as exc:
-                return self._rejected(entries, exc)
+                rejected = self._rejected(entries, exc)
+                return
             except StoreUnavailable as exc:
                 if self._spooled(entries, body):
                     log.warning("InfluxDB unavailable, batch spooled to disk: %s", exc)
-                    return []
-                wait = (
-                    delay
-                    if exc.retry_after_s is None
-                    else min(max(exc.retry_after_s, 0.1), self._retry_max)
-                )
-                self._metrics.inc("write_retries_total", target="influxdb")
-                log.warning("write failed (spool full or off), retrying in %.1f s: %s", wait, exc)
-                if self._stopping.wait(wait):
-                    raise Aborted from exc
-                delay = min(delay * 2, self._retry_max)
-                continue
+                    return
+                raise  # spool full or off: retried below, nothing acknowledged meanwhile
             self.last_write_s = time.monotonic() - started
             self._metrics.inc("points_written_total", sum(entry.points for entry in entries))
             self._metrics.inc("write_batches_total")
             self._metrics.inc("write_seconds_total", self.last_write_s)
-            return []
+
+        self._retrying(attempt, "influxdb")
+        return rejected
 
     def _rejected(self, entries: list[Entry], exc: StoreRejected) -> list[DeadLetter]:
         if len(entries) == 1:
