@@ -142,6 +142,24 @@ def mqtt_probe(services: devservices.Services) -> Iterator[Callable[..., MqttPro
             probe.link.stop()
 
 
+def hub_process_env(
+    services: devservices.Services, db: str, tmp_path: Path, **extra: str
+) -> dict[str, str]:
+    """The environment of a `hub run` process on the test services (no HUB_* leaks in)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HUB_")}
+    env.update(
+        HUB_MQTT_URL=services.mqtt_url,
+        HUB_MQTT_CLIENT_ID=f"hub-proc-{uuid.uuid4().hex[:8]}",
+        HUB_INFLUX_URL=services.influx_url,
+        HUB_INFLUX_DB=db,
+        HUB_PROFILES_DIR=str(ROOT / "device_profiles"),
+        HUB_DATA_DIR=str(tmp_path / "data"),
+        HUB_FLUSH_INTERVAL_S="0.1",
+    )
+    env.update(extra)
+    return env
+
+
 def write_inventory(path: Path, rows: list[tuple[str, str, str]]) -> Path:
     """A devices.csv with (device_id, profile, zone) rows."""
     lines = ["device_id,profile,zone,lat,lon,owner,installed_at"]

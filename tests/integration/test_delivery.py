@@ -111,9 +111,11 @@ class CuttableProxy:
         except OSError:
             pass
         finally:
+            # both directions end here: shut down and close, so no socket outlives the pipe
             for s in (source, sink):
                 with contextlib.suppress(OSError):
                     s.shutdown(socket.SHUT_RDWR)
+                s.close()
 
     def cut(self) -> None:
         """Drop every open connection (the hub sees the broker vanish)."""

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import socket
 import subprocess
 import sys
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,26 +15,9 @@ import pytest
 from hub import devservices
 from hub.api.security import digest
 from hub.storage.influx import InfluxClient
-from tests.conftest import ROOT, MqttProbe, wait_until, write_inventory
+from tests.conftest import MqttProbe, hub_process_env, wait_until, write_inventory
 
 pytestmark = pytest.mark.integration
-
-
-def _hub_env(
-    services: devservices.Services, db: str, tmp_path: Path, **extra: str
-) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HUB_")}
-    env.update(
-        HUB_MQTT_URL=services.mqtt_url,
-        HUB_MQTT_CLIENT_ID=f"hub-proc-{uuid.uuid4().hex[:8]}",
-        HUB_INFLUX_URL=services.influx_url,
-        HUB_INFLUX_DB=db,
-        HUB_PROFILES_DIR=str(ROOT / "device_profiles"),
-        HUB_DATA_DIR=str(tmp_path / "data"),
-        HUB_FLUSH_INTERVAL_S="0.1",
-    )
-    env.update(extra)
-    return env
 
 
 def test_hub_run_stores_and_stops_cleanly(
@@ -52,7 +33,7 @@ def test_hub_run_stores_and_stops_cleanly(
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         api_port = sock.getsockname()[1]
-    env = _hub_env(
+    env = hub_process_env(
         services,
         influx_db,
         tmp_path,
@@ -94,7 +75,7 @@ def test_hub_run_refuses_a_broken_profile(tmp_path: Path, services: devservices.
     profiles = tmp_path / "profiles"
     profiles.mkdir()
     (profiles / "bad.yaml").write_text("profile: bad\nmessages: []\n")
-    env = _hub_env(services, "unused", tmp_path, HUB_PROFILES_DIR=str(profiles))
+    env = hub_process_env(services, "unused", tmp_path, HUB_PROFILES_DIR=str(profiles))
     done = subprocess.run(
         [sys.executable, "-m", "hub.cli", "run"],
         env=env,

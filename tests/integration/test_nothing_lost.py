@@ -36,7 +36,7 @@ from hub.settings import MqttEndpoint, Settings
 from hub.simulate.fleet import Fleet, FleetSpec, SimMessage
 from hub.simulate.publish import publish_all
 from hub.storage.influx import InfluxClient
-from tests.conftest import ROOT, HubHarness, MqttProbe, wait_until
+from tests.conftest import ROOT, HubHarness, MqttProbe, hub_process_env, wait_until
 from tests.integration.test_delivery import CuttableProxy
 
 pytestmark = pytest.mark.integration
@@ -229,14 +229,11 @@ def test_kill_9_in_the_middle_of_a_burst_loses_and_duplicates_nothing(
 ) -> None:
     messages = burst(20_000)
     expected = expected_counts(messages)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HUB_")}
-    env.update(
-        HUB_MQTT_URL=services.mqtt_url,
-        HUB_MQTT_CLIENT_ID=f"hub-kill-{uuid.uuid4().hex[:6]}",
-        HUB_INFLUX_URL=services.influx_url,
-        HUB_INFLUX_DB=influx_db,
-        HUB_PROFILES_DIR=str(ROOT / "device_profiles"),
-        HUB_DATA_DIR=str(tmp_path / "data"),
+    env = hub_process_env(
+        services,
+        influx_db,
+        tmp_path,
+        HUB_FLUSH_INTERVAL_S="1.0",
         HUB_API_ENABLED="false",
         HUB_STATS_INTERVAL_S="0",
         HUB_BATCH_SIZE="500",
