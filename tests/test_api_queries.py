@@ -689,14 +689,14 @@ def test_lighting_status_judges_each_lamp_by_its_newest_message(
     ]
 
 
-def test_lighting_energy_adds_the_readings_after_a_counter_reset(
+def test_lighting_energy_sums_reading_by_reading_the_lamps_whose_counter_fell(
     influx: FakeInflux, get: Get
 ) -> None:
     def hour(at: str, wh: int) -> list[Any]:
         return [ms(at), wh]
 
     influx.reply(
-        "non_negative_difference",
+        'SELECT sum("d") AS "wh"',
         [
             {
                 "name": "lighting_lamp",
@@ -722,6 +722,24 @@ def test_lighting_energy_adds_the_readings_after_a_counter_reset(
             }
         ],
     )
+    # L1's hourly rises, already in the zone's sums above: 30 - 4 at 10:00 (the falls add 0)
+    influx.reply(
+        "SELECT non_negative_difference",
+        [
+            {
+                "name": "lighting_lamp",
+                "tags": {"device_id": "L1", "cabinet_id": "QE-1", "zone": "centro"},
+                "columns": ["time", "d"],
+                "values": [[ms("2026-11-24T10:00:00+00:00"), 26]],
+            },
+            {  # L1's series in another zone has no fall: its hourly rises stand
+                "name": "lighting_lamp",
+                "tags": {"device_id": "L1", "cabinet_id": "QE-1", "zone": "stazione"},
+                "columns": ["time", "d"],
+                "values": [[ms("2026-11-24T13:00:00+00:00"), 500]],
+            },
+        ],
+    )
     influx.reply(
         'SELECT "energy_wh"',
         [
@@ -732,7 +750,7 @@ def test_lighting_energy_adds_the_readings_after_a_counter_reset(
                 "values": [
                     [ms("2026-11-23T20:00:00+00:00"), 5000],
                     [ms("2026-11-23T21:00:00+00:00"), 4],  # a fall before the 24th: not counted
-                    [ms("2026-11-24T10:00:00+00:00"), 30],
+                    [ms("2026-11-24T10:00:00+00:00"), 30],  # +26 Wh, as the hour said
                     [ms("2026-11-24T11:00:00+00:00"), 12],  # fell again: +12 Wh on the 24th
                 ],
             },
@@ -754,13 +772,17 @@ def test_lighting_energy_adds_the_readings_after_a_counter_reset(
     assert response.status_code == 200, response.text
     where = "WHERE time >= '2026-11-21T23:00:00.000000Z' AND time < '2026-11-25T23:00:00.000000Z'"
     lamp_tags = 'GROUP BY "device_id", "cabinet_id", "zone"'
+    hourly = 'GROUP BY time(3600s), "device_id", "cabinet_id", "zone"'
+    l1 = "AND (\"device_id\" = 'L1')"
     assert influx.queries == [
-        'SELECT sum("d") AS "wh" FROM (SELECT non_negative_difference("energy_wh") AS "d" '
-        f'FROM "lighting_lamp" {where} {lamp_tags}) {where} '
+        'SELECT sum("d") AS "wh" FROM (SELECT non_negative_difference(last("energy_wh")) AS "d" '
+        f'FROM "lighting_lamp" {where} {hourly}) {where} '
         'GROUP BY time(3600s), "zone" fill(none)',
-        'SELECT count("d") AS "falls" FROM (SELECT difference("energy_wh") AS "d" '
-        f'FROM "lighting_lamp" {where} {lamp_tags}) {where} AND "d" < 0 {lamp_tags}',
-        f'SELECT "energy_wh" FROM "lighting_lamp" {where} AND ("device_id" = \'L1\') {lamp_tags}',
+        'SELECT count("d") AS "falls" FROM (SELECT difference(last("energy_wh")) AS "d" '
+        f'FROM "lighting_lamp" {where} {hourly}) {where} AND "d" < 0 {lamp_tags}',
+        'SELECT non_negative_difference(last("energy_wh")) AS "d" '
+        f'FROM "lighting_lamp" {where} {l1} {hourly}',
+        f'SELECT "energy_wh" FROM "lighting_lamp" {where} {l1} {lamp_tags}',
     ]
     assert response.json() == {
         "group": "zone",
@@ -807,17 +829,34 @@ def test_energy_days_across_the_change_to_summer_time(influx: FakeInflux, get: G
 
 
 def test_traffic_flows_weights_speed_by_vehicles(influx: FakeInflux, get: Get) -> None:
+    lane = {"device_id": "PO-TC-1", "lane": "1", "direction": "N"}
+    influx.reply(
+        'SELECT sum("speed_x_vehicles")',
+        [
+            {
+                "name": "traffic_lane",
+                "tags": lane,
+                "columns": ["time", "speed_x_vehicles"],
+                "values": [[ms("2026-11-25T10:00:00+00:00"), 1200.0]],  # none at 11:00
+            },
+            {  # another lane's hour: not mixed into lane 1's
+                "name": "traffic_lane",
+                "tags": {**lane, "lane": "2"},
+                "columns": ["time", "speed_x_vehicles"],
+                "values": [[ms("2026-11-25T11:00:00+00:00"), 999.0]],
+            },
+        ],
+    )
     influx.reply(
         "traffic_lane",
         [
             {
                 "name": "traffic_lane",
-                "tags": {"device_id": "PO-TC-1", "lane": "1", "direction": "N"},
-                "columns": ["time", "vehicles", "car", "van", "truck", "bus", "moto", "bike",
-                            "speed_x_vehicles"],
+                "tags": lane,
+                "columns": ["time", "vehicles", "car", "van", "truck", "bus", "moto", "bike"],
                 "values": [
-                    [ms("2026-11-25T10:00:00+00:00"), 30, 20, 4, 2, 1, 2, 1, 1200.0],
-                    [ms("2026-11-25T11:00:00+00:00"), 0, 0, 0, 0, 0, 0, 0, 0.0],
+                    [ms("2026-11-25T10:00:00+00:00"), 30, 20, 4, 2, 1, 2, 1],
+                    [ms("2026-11-25T11:00:00+00:00"), 5, 5, 0, 0, 0, 0, None],
                 ],
             }
         ],
@@ -828,15 +867,15 @@ def test_traffic_flows_weights_speed_by_vehicles(influx: FakeInflux, get: Get) -
     )
     assert response.status_code == 200, response.text
     where = "WHERE time >= '2026-11-25T10:00:00.000000Z' AND time < '2026-11-25T12:00:00.000000Z'"
+    site = "AND (\"device_id\" = 'PO-TC-1')"
+    group = 'GROUP BY time(3600s), "device_id", "lane", "direction" fill(none)'
     assert influx.queries == [
         'SELECT sum("vehicles") AS "vehicles", sum("car") AS "car", sum("van") AS "van", '
         'sum("truck") AS "truck", sum("bus") AS "bus", sum("moto") AS "moto", '
-        'sum("bike") AS "bike", sum("speed_x_vehicles") AS "speed_x_vehicles" FROM ('
-        'SELECT "vehicles", "car", "van", "truck", "bus", "moto", "bike", '
-        '"speed_avg_kmh" * "vehicles" AS "speed_x_vehicles" FROM "traffic_lane" '
-        f"{where} AND (\"device_id\" = 'PO-TC-1') "
-        'GROUP BY "device_id", "lane", "direction") '
-        f'{where} GROUP BY time(3600s), "device_id", "lane", "direction" fill(none)'
+        f'sum("bike") AS "bike" FROM "traffic_lane" {where} {site} {group}',
+        'SELECT sum("speed_x_vehicles") AS "speed_x_vehicles" FROM ('
+        'SELECT "speed_avg_kmh" * "vehicles" AS "speed_x_vehicles" FROM "traffic_lane" '
+        f'{where} {site} GROUP BY "device_id", "lane", "direction") {where} {group}',
     ]
     assert response.json()["series"] == [
         {
@@ -846,7 +885,7 @@ def test_traffic_flows_weights_speed_by_vehicles(influx: FakeInflux, get: Get) -
             "hours": [
                 {"time": "2026-11-25T10:00:00.000+00:00", "vehicles": 30, "car": 20, "van": 4,
                  "truck": 2, "bus": 1, "moto": 2, "bike": 1, "speed_avg_kmh": 40.0},
-                {"time": "2026-11-25T11:00:00.000+00:00", "vehicles": 0, "car": 0, "van": 0,
+                {"time": "2026-11-25T11:00:00.000+00:00", "vehicles": 5, "car": 5, "van": 0,
                  "truck": 0, "bus": 0, "moto": 0, "bike": 0, "speed_avg_kmh": None},
             ],
         }

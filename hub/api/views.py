@@ -27,13 +27,16 @@ lighting status
     not empty in that newest message) overlaps them.
 
 lighting energy
-    Per lamp, each reading adds the rise of ``energy_wh`` since the lamp's previous reading;
-    when the counter fell (a replaced controller restarts from 0) the new reading itself is
-    the rise. A reading's rise belongs to the calendar day (Europe/Rome) of that reading.
-    Previous readings are looked up to 48 h before the first day. InfluxDB sums the rises
-    (``non_negative_difference``) per UTC hour (Rome's offset is whole hours, so every hour
-    lies in one local day); the few lamps whose counter fell are read raw to add the readings
-    after each fall.
+    Per lamp, each hour adds the rise of ``energy_wh`` from the lamp's last reading of its
+    previous reporting hour to its last reading of this hour (InfluxDB's
+    ``non_negative_difference(last(energy_wh))`` per lamp and UTC hour: one value per lamp-hour
+    instead of one per reading, the same sum while the counter only grows). An hour's rise
+    belongs to the calendar day (Europe/Rome) of that hour (Rome's offset is whole hours, so
+    every hour lies in one local day). Previous readings are looked up to 48 h before the
+    first day; a lamp's first hour of data has no previous hour and adds nothing.
+    When a lamp's hourly last reading fell (a replaced controller restarts from 0), that lamp
+    is summed reading by reading instead: each reading adds its rise since the previous
+    reading, or itself when the counter fell.
 
 traffic flows
     Per site, lane and direction and per hour: the sums of ``vehicles`` and of each class, and
@@ -49,6 +52,7 @@ from __future__ import annotations
 
 import heapq
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Annotated, Any, Literal
@@ -431,51 +435,39 @@ def _lighting_energy(
     read = Window(window.start - timedelta(seconds=ENERGY_SEED_S), window.end)
     where = _where(read, [("cabinet_id", cabinets), ("zone", zones)])
     lamp_tags = f"{ident('device_id')}, {ident('cabinet_id')}, {ident('zone')}"
-    # InfluxDB also applies the outer time range to the subquery, so both read the seed too;
-    # hours before the first day are dropped below
-    rises = ctx.store.query(
-        f"SELECT sum({ident('d')}) AS {ident('wh')} FROM ("
-        f"SELECT non_negative_difference({ident('energy_wh')}) AS {ident('d')} "
-        f"FROM {ident(LAMPS)} WHERE {where} GROUP BY {lamp_tags}) "
-        f"WHERE {read.where()} GROUP BY time({duration(HOUR_S)}), {ident(key)} fill(none)"
-    )
+    hour = f"time({duration(HOUR_S)})"
+
+    def hourly(function: str, condition: str) -> str:
+        # one value per lamp and hour: the hour's last reading against the previous hour's
+        return (
+            f"SELECT {function}(last({ident('energy_wh')})) AS {ident('d')} "
+            f"FROM {ident(LAMPS)} WHERE {condition} GROUP BY {hour}, {lamp_tags}"
+        )
+
+    def add(name: str, stamp_ms: int, value: int | float) -> None:
+        # hours and readings before the first day only seeded the differences
+        if stamp_ms >= window.start_ms:
+            day = _local_day(stamp_ms)
+            wh[name][day] = wh[name].get(day, 0) + value
+
     wh: dict[str, dict[date, int | float]] = defaultdict(dict)
+    # InfluxDB also applies the outer time range to the subquery, so both read the seed too
+    rises = ctx.store.query(
+        f"SELECT sum({ident('d')}) AS {ident('wh')} "
+        f"FROM ({hourly('non_negative_difference', where)}) "
+        f"WHERE {read.where()} GROUP BY {hour}, {ident(key)} fill(none)"
+    )
     for series in rises:
         name = series_tags(series).get(key, "")
         for row in _rows(series):
-            if row["wh"] is None or int(row["time"]) < window.start_ms:
-                continue
-            day = _local_day(int(row["time"]))
-            wh[name][day] = wh[name].get(day, 0) + row["wh"]
+            if row["wh"] is not None:
+                add(name, int(row["time"]), row["wh"])
     falls = ctx.store.query(
-        f"SELECT count({ident('d')}) AS {ident('falls')} FROM ("
-        f"SELECT difference({ident('energy_wh')}) AS {ident('d')} "
-        f"FROM {ident(LAMPS)} WHERE {where} GROUP BY {lamp_tags}) "
+        f"SELECT count({ident('d')}) AS {ident('falls')} FROM ({hourly('difference', where)}) "
         f"WHERE {read.where()} AND {ident('d')} < 0 GROUP BY {lamp_tags}"
     )
     fallen = {tuple(sorted(series_tags(s).items())) for s in falls}
-    devices = sorted({dict(t)["device_id"] for t in fallen})
-    for offset in range(0, len(devices), RESET_CHUNK):
-        chunk = devices[offset : offset + RESET_CHUNK]
-        raw = ctx.store.query(
-            f"SELECT {ident('energy_wh')} FROM {ident(LAMPS)} "
-            f"WHERE {where} AND {any_of('device_id', chunk)} GROUP BY {lamp_tags}"
-        )
-        for series in raw:
-            tags = series_tags(series)
-            if tuple(sorted(tags.items())) not in fallen:
-                continue
-            previous: int | float | None = None
-            for row in _rows(series):
-                value = row["energy_wh"]
-                if value is None:
-                    continue
-                stamp = int(row["time"])
-                if previous is not None and value < previous and stamp >= window.start_ms:
-                    day = _local_day(stamp)
-                    name = tags.get(key, "")
-                    wh[name][day] = wh[name].get(day, 0) + value
-                previous = value
+    _replay_fallen_lamps(ctx, where, fallen, key, hourly, add)
     series_out = []
     for name in sorted(wh):
         per_day = [
@@ -501,6 +493,44 @@ def _lighting_energy(
     }
 
 
+def _replay_fallen_lamps(
+    ctx: ApiContext,
+    where: str,
+    fallen: set[tuple[tuple[str, str], ...]],
+    key: str,
+    hourly: Callable[[str, str], str],
+    add: Callable[[str, int, int | float], None],
+) -> None:
+    """Lamps whose counter fell: take back their hourly rises, sum their readings instead."""
+    devices = sorted({dict(t)["device_id"] for t in fallen})
+    lamp_tags = f"{ident('device_id')}, {ident('cabinet_id')}, {ident('zone')}"
+    for offset in range(0, len(devices), RESET_CHUNK):
+        chunk_where = f"{where} AND {any_of('device_id', devices[offset : offset + RESET_CHUNK])}"
+        for series in ctx.store.query(hourly("non_negative_difference", chunk_where)):
+            tags = series_tags(series)
+            if tuple(sorted(tags.items())) in fallen:
+                for row in _rows(series):
+                    if row["d"] is not None:
+                        add(tags.get(key, ""), int(row["time"]), -row["d"])
+        raw = ctx.store.query(
+            f"SELECT {ident('energy_wh')} FROM {ident(LAMPS)} WHERE {chunk_where} "
+            f"GROUP BY {lamp_tags}"
+        )
+        for series in raw:
+            tags = series_tags(series)
+            if tuple(sorted(tags.items())) not in fallen:
+                continue
+            previous: int | float | None = None
+            for row in _rows(series):
+                value = row["energy_wh"]
+                if value is None:
+                    continue
+                if previous is not None:
+                    rise = value - previous if value >= previous else value
+                    add(tags.get(key, ""), int(row["time"]), rise)
+                previous = value
+
+
 # --- traffic -------------------------------------------------------------------------------
 
 
@@ -515,25 +545,31 @@ def _traffic_flows(
     check_buckets(window, HOUR_S)
     counts = ("vehicles", *CLASSES)
     lane_tags = f"{ident('device_id')}, {ident('lane')}, {ident('direction')}"
-    # InfluxQL cannot sum a product directly: the subquery makes speed * vehicles per interval
-    inner = (
-        f"SELECT {', '.join(ident(c) for c in counts)}, "
-        f"{ident('speed_avg_kmh')} * {ident('vehicles')} AS {ident('speed_x_vehicles')} "
-        f"FROM {ident(TRAFFIC)} WHERE {_where(window, [('device_id', sites)])} "
-        f"GROUP BY {lane_tags}"
+    where = _where(window, [("device_id", sites)])
+    group = f"GROUP BY time({duration(HOUR_S)}), {lane_tags} fill(none)"
+    sums = ", ".join(f"sum({ident(c)}) AS {ident(c)}" for c in counts)
+    answer = ctx.store.query(f"SELECT {sums} FROM {ident(TRAFFIC)} WHERE {where} {group}")
+    # InfluxQL cannot sum a product directly: a subquery makes speed * vehicles per interval
+    # (only that one field: a subquery's cost grows with the fields it carries)
+    speeds = ctx.store.query(
+        f"SELECT sum({ident('speed_x_vehicles')}) AS {ident('speed_x_vehicles')} FROM ("
+        f"SELECT {ident('speed_avg_kmh')} * {ident('vehicles')} AS {ident('speed_x_vehicles')} "
+        f"FROM {ident(TRAFFIC)} WHERE {where} GROUP BY {lane_tags}) "
+        f"WHERE {window.where()} {group}"
     )
-    sums = ", ".join(f"sum({ident(c)}) AS {ident(c)}" for c in (*counts, "speed_x_vehicles"))
-    answer = ctx.store.query(
-        f"SELECT {sums} FROM ({inner}) WHERE {window.where()} "
-        f"GROUP BY time({duration(HOUR_S)}), {lane_tags} fill(none)"
-    )
+    weighted_speed = {
+        (tuple(sorted(series_tags(series).items())), int(row["time"])): row["speed_x_vehicles"]
+        for series in speeds
+        for row in _rows(series)
+    }
     lanes = []
     for series in answer:
         tags = series_tags(series)
+        lane = tuple(sorted(tags.items()))
         hours = []
         for row in _rows(series):
             vehicles = row["vehicles"] or 0
-            weighted = row["speed_x_vehicles"]
+            weighted = weighted_speed.get((lane, int(row["time"])))
             hours.append(
                 {
                     "time": iso(int(row["time"])),
