@@ -3,7 +3,8 @@
       MQTT broker (QoS 1, persistent session, manual ack)
           |  paho network thread: on_message only builds a RawMessage and enqueues it
           v
-    [inbox]   bounded queue of RawMessage (>= Receive Maximum, so QoS 1 never blocks here)
+    [inbox]   queue of RawMessage, held under queue_size (>= Receive Maximum, so QoS 1 never
+              waits here; QoS 0 waits, pushing back on the socket)
           |  decode thread: route by topic -> profile decode -> inventory zone -> line protocol;
           |  bad input becomes a DeadLetter; batches close on size or age
           v
@@ -60,6 +61,7 @@ RAW_RING = 3
 RAW_PAYLOAD_CAP = 2_048
 ALERT_CHUNK = 500
 ALERT_CHUNK_S = 0.02
+INBOX_FULL_WAIT_S = 0.001
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,7 +111,8 @@ class Hub:
             flush_interval_s=settings.flush_interval_s,
             queue_size=max(settings.queue_size, settings.mqtt_receive_maximum + 1_000),
         )
-        self.inbox: queue.Queue[RawMessage | object] = queue.Queue(self.tuning.queue_size)
+        # SimpleQueue: a fraction of Queue's cost per message, bounded by _receive instead
+        self.inbox: queue.SimpleQueue[RawMessage | object] = queue.SimpleQueue()
         self.outbox: queue.Queue[Batch | object] = queue.Queue(self.tuning.outbox_batches)
         self._stopping = threading.Event()
         self.received = 0
@@ -143,7 +146,7 @@ class Hub:
         self.writer = BatchWriter(
             self.store,
             self.link,
-            self.link.ack,
+            self.link.ack_many,
             self.metrics,
             self._stopping,
             retry_max_s=settings.retry_max_s,
@@ -196,8 +199,10 @@ class Hub:
 
     def _receive(self, message: RawMessage) -> None:
         self.received += 1
-        # Never blocks for QoS 1 (the inbox is larger than Receive Maximum). QoS 0 has no flow
-        # control: blocking here pushes back on the TCP socket and the broker queues for us.
+        # Never waits for QoS 1 (the inbox holds more than Receive Maximum). QoS 0 has no flow
+        # control: waiting here pushes back on the TCP socket and the broker queues for us.
+        while self.inbox.qsize() >= self.tuning.queue_size and not self._stopping.is_set():
+            time.sleep(INBOX_FULL_WAIT_S)
         self.inbox.put(message)
 
     # -- decode stage -------------------------------------------------------------------------

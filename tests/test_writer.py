@@ -56,7 +56,7 @@ def _writer(
     writer = BatchWriter(
         store,
         letters,
-        acked.append,
+        acked.extend,
         metrics,
         stopping or threading.Event(),
         retry_first_s=0.001,

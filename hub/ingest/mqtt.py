@@ -7,6 +7,10 @@ keeps it and redelivers it after a reconnect or a hub restart.
 
 paho runs its network loop in its own thread; ``on_message`` only builds a ``RawMessage`` and
 hands it to the sink (a bounded queue put), so decoding and I/O never run on that thread.
+paho reads a packet with three or four small ``recv`` calls and one ``select`` per packet; each
+gives up the GIL, and winning it back from the busy decode thread can take a whole switch
+interval. ``_BufferedClient`` reads the socket in 256 kB chunks and parses every packet
+already read before it waits again, so the network thread keeps the GIL while it has data.
 Reconnects use paho's exponential backoff (1 s .. 30 s); subscriptions are renewed on every
 (re)connect, with retain-handling "only on a new subscription" so a reconnect does not replay
 retained messages.
@@ -16,12 +20,14 @@ from __future__ import annotations
 
 import logging
 import ssl
+import struct
 import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import paho.mqtt.client as paho
+from paho.mqtt.client import PUBACK
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
@@ -40,6 +46,51 @@ MessageSink = Callable[[RawMessage], None]
 def wall_clock_ms() -> int:
     """Milliseconds since the epoch: the receive time stamped on each message."""
     return time.time_ns() // 1_000_000
+
+
+READ_CHUNK = 256 * 1024
+_PUBACK = struct.Struct("!BBH")
+
+
+class _BufferedClient(paho.Client):
+    """paho's client reading its socket in large chunks (see the module docstring)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._read_buffer = b""
+        self._read_at = 0
+
+    def _sock_recv(self, bufsize: int) -> bytes:
+        if self._read_at >= len(self._read_buffer):
+            # raises BlockingIOError when the socket has nothing: paho waits in select()
+            self._read_buffer = super()._sock_recv(READ_CHUNK)
+            self._read_at = 0
+        chunk = self._read_buffer[self._read_at : self._read_at + bufsize]
+        self._read_at += len(chunk)
+        return chunk
+
+    def ack_many(self, mids: Sequence[int]) -> None:
+        """PUBACK (success) for each QoS 1 ``mid``, queued as one write.
+
+        ``ack(mid, 1)`` per message queues one packet each, and each wakes the network
+        thread through its socket pair. A PUBACK is 4 fixed bytes (MQTT v5 lets a success
+        PUBACK omit its reason code), so the batch's PUBACKs go out as one buffer.
+        """
+        if mids and self._manual_ack:
+            packets = b"".join(_PUBACK.pack(PUBACK, 2, mid) for mid in mids)
+            self._packet_queue(PUBACK, packets, 0, 0)
+
+    def _sock_close(self) -> None:
+        # bytes of a closed connection must never be parsed as the next one's
+        self._read_buffer, self._read_at = b"", 0
+        super()._sock_close()
+
+    def loop_read(self, max_packets: int = 1) -> MQTTErrorCode:
+        rc = super().loop_read(max_packets)
+        # select() cannot see bytes already read: parse them all before waiting again
+        while rc == MQTTErrorCode.MQTT_ERR_SUCCESS and self._read_at < len(self._read_buffer):
+            rc = super().loop_read(max_packets)
+        return rc
 
 
 class MqttLink:
@@ -62,7 +113,7 @@ class MqttLink:
         self._clock_ms = clock_ms
         self._persistent = persistent
         self._keepalive = keepalive_s
-        self._client = paho.Client(
+        self._client = _BufferedClient(
             callback_api_version=CallbackAPIVersion.VERSION2,
             client_id=client_id,
             protocol=paho.MQTTv5,
@@ -210,8 +261,11 @@ class MqttLink:
 
     def ack(self, message: RawMessage) -> None:
         """Acknowledge a QoS 1 message to the broker (no-op for QoS 0)."""
-        if message.qos:
-            self._client.ack(message.mid, message.qos)
+        self.ack_many([message])
+
+    def ack_many(self, messages: Sequence[RawMessage]) -> None:
+        """Acknowledge the QoS 1 messages of ``messages`` with one write to the socket."""
+        self._client.ack_many([m.mid for m in messages if m.qos == 1])
 
     def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> int:
         """Queue a publish; returns its message id for ``wait_published`` (QoS 1)."""

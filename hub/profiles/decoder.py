@@ -198,33 +198,59 @@ def _finisher(
 ) -> Callable[[Any], FieldValue | None]:
     """Default, map, bit, scaling and type conversion of a raw value."""
     type_ = spec.type
+    default, required = spec.default, spec.required
+    mapping, bit, scale, divide = spec.map, spec.bit, spec.scale, spec.divide
+    # a JSON value already of the field's type needs no conversion (the common case)
+    native: type[Any] = {"float": float, "int": int, "string": str, "bool": bool}[type_]
 
-    def finish(raw: Any) -> FieldValue | None:
+    def present(raw: Any) -> Any:
+        """The raw value, the default when absent, or MISSING for "omit it"."""
         if raw is MISSING or raw is None:
-            if spec.default is not None:
-                raw = spec.default
-            elif spec.required:
+            if default is not None:
+                return default
+            if required:
                 raise DecodeError("missing_key", f"{what}: no value at {source_text}")
-            else:
-                return None
-        if spec.map is not None:
-            mapped = spec.map.get(raw if isinstance(raw, str) else str(raw), MISSING)
+            return MISSING
+        return raw
+
+    def plain(raw: Any) -> FieldValue | None:
+        raw = present(raw)
+        if raw is MISSING:
+            return None
+        if type(raw) is native and (
+            native is str
+            or native is bool
+            or (native is float and math.isfinite(raw))
+            or (native is int and -(2**63) <= raw < 2**63)
+        ):
+            value: FieldValue = raw
+            return value
+        return _convert(raw, type_, what, text)
+
+    def transformed(raw: Any) -> FieldValue | None:
+        raw = present(raw)
+        if raw is MISSING:
+            return None
+        if mapping is not None:
+            mapped = mapping.get(raw if isinstance(raw, str) else str(raw), MISSING)
             if mapped is not MISSING:
                 raw = mapped
-        if spec.bit is not None:
+        if bit is not None:
             if not isinstance(raw, int) or isinstance(raw, bool):
-                raise DecodeError("wrong_type", f"{what}: bit {spec.bit} of a non-integer")
-            return bool((raw >> spec.bit) & 1)
-        if spec.scale is not None or spec.divide is not None:
+                raise DecodeError("wrong_type", f"{what}: bit {bit} of a non-integer")
+            return bool((raw >> bit) & 1)
+        if scale is not None or divide is not None:
             number: float = _to_number(raw, what, text)
-            if spec.scale is not None:
-                number = number * spec.scale
-            if spec.divide is not None:
-                number = number / spec.divide
+            if scale is not None:
+                number = number * scale
+            if divide is not None:
+                number = number / divide
             raw = number
         return _convert(raw, type_, what, text)
 
-    return finish
+    if mapping is None and bit is None and scale is None and divide is None:
+        return plain
+    return transformed
 
 
 def _source_text(spec: ValueSpec) -> str:

@@ -114,7 +114,7 @@ class BatchWriter:
         self,
         store: LineStore,
         letters: LetterOut,
-        ack: Callable[[RawMessage], None],
+        ack: Callable[[list[RawMessage]], None],
         metrics: Metrics,
         stopping: threading.Event,
         *,
@@ -146,12 +146,12 @@ class BatchWriter:
                 "stopping with %d messages not yet durable: left unacknowledged", len(batch)
             )
             return False
-        for entry in batch.entries:
-            self._ack(entry.message)
-        for letter in batch.dead:
-            self._ack(letter.message)
-        for message in batch.no_points:
-            self._ack(message)
+        # one call for the whole batch: the MQTT link sends the PUBACKs in one write
+        self._ack(
+            [entry.message for entry in batch.entries]
+            + [letter.message for letter in batch.dead]
+            + batch.no_points
+        )
         return True
 
     def _retrying(self, action: Callable[[], None], what: str) -> None:

@@ -74,6 +74,36 @@ def test_unwritten_messages_stay_with_the_broker_until_a_hub_stores_them(
     assert second.hub.received >= len(sites)
 
 
+def test_stored_messages_are_acknowledged_and_never_redelivered(
+    start_hub: Callable[..., HubHarness],
+    mqtt_probe: Callable[..., MqttProbe],
+    influx: InfluxClient,
+) -> None:
+    # the writer acknowledges a whole batch with one buffer of PUBACKs: the broker must
+    # take every one of them, or it resends those messages to the next hub of the session
+    client_id = f"hub-acked-{uuid.uuid4().hex[:8]}"
+    first = start_hub(mqtt_client_id=client_id)
+    probe = mqtt_probe()
+    sites = [f"PO-TC-A{n:04d}" for n in range(3_000)]
+    for site in sites:
+        probe.publish(f"traffic/{site}/health", _health(12.5))
+    wait_until(
+        lambda: _count(influx, "traffic_health", "supply_v") == len(sites),
+        what="the first hub to store every message",
+    )
+    first.hub.stop()
+
+    second = start_hub(mqtt_client_id=client_id)
+    # a resumed session gets its unacknowledged messages before any new one: once this one
+    # is stored, anything the broker still held for the session would have come first
+    probe.publish("traffic/PO-TC-MARKER/health", _health(12.5))
+    wait_until(
+        lambda: _count(influx, "traffic_health", "supply_v") == len(sites) + 1,
+        what="the marker message to be stored",
+    )
+    assert second.hub.received == 1
+
+
 class CuttableProxy:
     """A TCP proxy to the broker whose connections the test can cut."""
 

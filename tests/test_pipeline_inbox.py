@@ -1,0 +1,45 @@
+"""The inbox between the MQTT thread and the decoder: bounded by ``_receive`` itself."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+from hub.inventory import Inventory
+from hub.model import RawMessage
+from hub.pipeline import Hub
+from hub.profiles.profile_set import ProfileSet
+from hub.settings import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_a_full_inbox_holds_the_mqtt_thread_until_the_decoder_takes_one(tmp_path: Path) -> None:
+    settings = Settings(
+        mqtt_url="mqtt://127.0.0.1:9",  # never connected: start() is not called
+        mqtt_receive_maximum=1,
+        queue_size=100,
+        profiles_dir=ROOT / "device_profiles",
+        data_dir=tmp_path,
+        stats_interval_s=0,
+        spool_max_bytes=0,
+    )
+    hub = Hub(settings, ProfileSet.load(settings.profiles_dir), Inventory([]))
+    limit = hub.tuning.queue_size  # at least Receive Maximum + 1,000
+    message = RawMessage("citelum/lighting/PO-QE-1/status", b"{}", 0, 0)
+    for _ in range(limit):
+        hub._receive(message)
+    assert hub.inbox.qsize() == limit
+
+    extra = threading.Thread(target=hub._receive, args=(message,), daemon=True)
+    extra.start()
+    extra.join(0.3)
+    assert extra.is_alive(), "a QoS 0 message must wait while the inbox is full"
+    assert hub.inbox.qsize() == limit
+
+    hub.inbox.get()  # the decoder takes one
+    extra.join(10)
+    assert not extra.is_alive()
+    assert hub.inbox.qsize() == limit
+    assert hub.received == limit + 1
+    hub.store.close()
