@@ -229,7 +229,9 @@ class Hub:
             ring = self.raw_messages[result.device_id] = collections.deque(maxlen=RAW_RING)
         # capped copies: the ring is for debugging a profile, not a second store
         ring.append(
-            RawMessage(
+            message
+            if len(message.payload) <= RAW_PAYLOAD_CAP
+            else RawMessage(
                 message.topic, message.payload[:RAW_PAYLOAD_CAP], message.received_ms, message.qos
             )
         )

@@ -2,7 +2,8 @@
 # Prepare this machine for development and tests; safe to run again at any time.
 #
 #   1. Debian packages: mosquitto + mosquitto-clients + influxdb (the local services that
-#      hub/devservices.py starts), python3-venv if `python3 -m venv` cannot work;
+#      hub/devservices.py starts), docker-compose (the tests validate docker-compose.yml with
+#      it), python3-venv if `python3 -m venv` cannot work;
 #   2. the virtualenv .venv;
 #   3. the project and its dev tools in .venv, only when pyproject.toml changed since the
 #      last successful install.
@@ -36,6 +37,11 @@ fi
 if ! venv_works; then
     missing+=(python3-venv)
 fi
+# docker-compose (v1, from Debian) only validates docker-compose.yml in the tests: no Docker
+# engine is needed or started
+if ! have_binary docker-compose; then
+    missing+=(docker-compose)
+fi
 
 if [ "${#missing[@]}" -gt 0 ]; then
     step "installing Debian packages: ${missing[*]}"
@@ -47,7 +53,7 @@ if [ "${#missing[@]}" -gt 0 ]; then
     have_binary mosquitto && have_binary influxd \
         || fail "mosquitto/influxd still missing after apt-get install"
 else
-    step "Debian packages: mosquitto, influxd and python3 venv already present"
+    step "Debian packages: mosquitto, influxd, docker-compose and python3 venv already present"
 fi
 
 python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' \

@@ -27,24 +27,36 @@ def escape_string_field(value: str) -> str:
 
 def format_field(value: FieldValue) -> str:
     """One field value in line protocol syntax (``i`` suffix for integers)."""
-    if value is True:
-        return "true"
-    if value is False:
-        return "false"
-    if isinstance(value, int):
-        return f"{value}i"
-    if isinstance(value, float):
+    kind = type(value)
+    if kind is float:
         return repr(value)
-    return escape_string_field(value)
+    if kind is bool:
+        return "true" if value else "false"
+    if kind is int:
+        return f"{value}i"
+    if isinstance(value, str):
+        return escape_string_field(value)
+    # subclasses of the four types (never built by the decoder) take the long way
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return f"{int(value)}i"
+    return repr(float(value))
 
 
 def encode(point: Point) -> str:
     """One point as a line (no trailing newline), tags sorted, timestamp in milliseconds."""
-    tags = "".join(
-        f",{key}={escape_tag(value)}" for key, value in sorted(point.tags.items()) if value
-    )
-    fields = ",".join(f"{key}={format_field(value)}" for key, value in point.fields.items())
-    return f"{point.measurement}{tags} {fields} {point.time_ms}"
+    # plain loops: this runs for every point, and generator expressions cost more here
+    parts = [point.measurement]
+    for key, value in sorted(point.tags.items()):
+        if value:
+            parts.append(f",{key}={value.translate(_TAG_ESCAPES)}")
+    separator = " "
+    for key, field in point.fields.items():
+        parts.append(f"{separator}{key}={format_field(field)}")
+        separator = ","
+    parts.append(f" {point.time_ms}")
+    return "".join(parts)
 
 
 class LineSyntaxError(ValueError):
