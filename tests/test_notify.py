@@ -19,6 +19,7 @@ import pytest
 from hub.alerts.model import Alert, AlertEvent, EventKind, Severity
 from hub.errors import BrokerError, ConfigError
 from hub.metrics import Metrics
+from hub.notify import dispatch
 from hub.notify.channels import build_channels
 from hub.notify.config import (
     MqttChannelSpec,
@@ -663,3 +664,39 @@ def test_pending_is_a_gauge(dispatchers: Callable[..., Dispatcher]) -> None:
     dispatcher = dispatchers([FakeChannel("mqtt")], metrics, start=False)
     dispatcher.submit(make_event())
     assert metrics.snapshot()["notifications_pending"] == {(): 1.0}
+
+
+def test_submit_never_waits_for_the_outbox_disk_and_a_storm_costs_few_writes(
+    tmp_path: Path, dispatchers: Callable[..., Dispatcher], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    gate = threading.Event()
+    writes: list[int] = []
+    real_write = dispatch._write_atomically
+
+    def slow_disk(path: Path, data: bytes) -> None:
+        gate.wait(10)  # a disk that hangs until the test lets it go
+        writes.append(len(orjson.loads(data)))
+        real_write(path, data)
+
+    monkeypatch.setattr(dispatch, "_write_atomically", slow_disk)
+    outbox = tmp_path / "outbox.json"
+    down = FakeChannel("webhook:ops", failures=10_000)
+    dispatcher = dispatchers([down], Metrics(), outbox, RetrySpec(first_s=60, max_s=60))
+
+    storm = threading.Thread(
+        target=lambda: [dispatcher.submit(make_event(alert_id=str(n))) for n in range(50)]
+    )
+    storm.start()
+    storm.join(5)
+    assert not storm.is_alive(), "submit waited for the outbox write"
+    assert dispatcher.pending() == 50
+
+    gate.set()
+    wait_until(
+        lambda: outbox.exists() and len(orjson.loads(outbox.read_bytes())) == 50,
+        5,
+        "the outbox to hold all 50 events",
+    )
+    assert len(writes) < 50, "each write should take every event queued meanwhile"
+    dispatcher.stop(timeout_s=0.1)
+    assert len(orjson.loads(outbox.read_bytes())) == 50
