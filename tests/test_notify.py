@@ -683,9 +683,11 @@ def test_submit_never_waits_for_the_outbox_disk_and_a_storm_costs_few_writes(
     down = FakeChannel("webhook:ops", failures=10_000)
     dispatcher = dispatchers([down], Metrics(), outbox, RetrySpec(first_s=60, max_s=60))
 
-    storm = threading.Thread(
-        target=lambda: [dispatcher.submit(make_event(alert_id=str(n))) for n in range(50)]
-    )
+    def submit_all() -> None:
+        for n in range(50):
+            dispatcher.submit(make_event(alert_id=str(n)))
+
+    storm = threading.Thread(target=submit_all)
     storm.start()
     storm.join(5)
     assert not storm.is_alive(), "submit waited for the outbox write"
