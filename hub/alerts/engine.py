@@ -16,8 +16,12 @@ fire on the timer when a device sent nothing for the rule's time (devices of the
 that never spoke count from the hub's first start), and resolve on its next message.
 
 State (open, resolving and pending alerts, last-seen times) is saved atomically to
-``HUB_DATA_DIR/alerts.json`` after every transition (and every few seconds for last-seen
-times), and restored at start: a restart loses no alert and repeats no notification.
+``HUB_DATA_DIR/alerts.json`` after every chunk of messages that fired, resolved or
+acknowledged an alert, within a second for opened or closed ``for`` windows (a storm of
+windows flipping would otherwise mean a rewrite, fsync included, per chunk) and within five
+seconds for last-seen times; it is restored at start. A clean restart loses no alert and
+repeats no notification; a crash can at worst restart a ``for`` window opened in its last
+second.
 """
 
 from __future__ import annotations
@@ -35,6 +39,8 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from hub.alerts.model import Alert, AlertEvent
 from hub.alerts.rules import CompiledRule
 from hub.inventory import Inventory
@@ -46,6 +52,8 @@ log = logging.getLogger(__name__)
 Key = tuple[str, str, tuple[tuple[str, str], ...]]  # (profile.rule, device_id, series)
 EventSink = Callable[[AlertEvent], None]
 STATE_VERSION = 1
+PENDING_SAVE_S = 1.0
+SEEN_SAVE_S = 5.0
 _STOP = object()
 _IDLE = object()
 
@@ -112,8 +120,9 @@ class AlertEngine:
         self.history: collections.deque[Alert] = collections.deque(maxlen=history_size)
         self._queue: queue.Queue[list[tuple[Decoded, int]] | object] = queue.Queue(queue_size)
         self._thread: threading.Thread | None = None
-        self._dirty = False
-        self._seen_dirty = False
+        self._dirty = False  # an alert changed: saved after the chunk that changed it
+        self._pending_dirty = False  # a window opened or closed: saved within PENDING_SAVE_S
+        self._seen_dirty = False  # last-seen times: saved within SEEN_SAVE_S
         self._last_save = 0.0
         self._started_ms = clock_ms()
         self.processed = 0
@@ -175,13 +184,13 @@ class AlertEngine:
             pending = self._pending.get(key)
             if pending is None:
                 pending = self._pending[key] = {"started_ms": now, "zone": values.get("zone", "")}
-                self._dirty = True  # a new window is state worth saving; a refresh is not
+                self._pending_dirty = True  # a new window is state worth saving; a refresh is not
             pending["values"] = values
             if rule.rule.for_ == 0:
                 self._fire(key, now)
         elif fired is False and key in self._pending:
             del self._pending[key]
-            self._dirty = True
+            self._pending_dirty = True
 
     def _fire(self, key: Key, now: int) -> None:
         rule = self._rule_by_key[key[0]]
@@ -351,11 +360,11 @@ class AlertEngine:
                 "last_seen": [[m, d, ms] for (m, d), ms in self._last_seen.items()],
                 "zones": self._zones,
             }
-            self._dirty = self._seen_dirty = False
+            self._dirty = self._pending_dirty = self._seen_dirty = False
         self._state_path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self._state_path.with_suffix(".tmp")
-        with tmp.open("w", encoding="utf-8") as out:
-            json.dump(body, out, default=str)
+        with tmp.open("wb") as out:
+            out.write(orjson.dumps(body, default=str))
             out.flush()
             os.fsync(out.fileno())
         tmp.replace(self._state_path)
@@ -415,7 +424,12 @@ class AlertEngine:
             if time.monotonic() >= next_tick:
                 self.tick()
                 next_tick = time.monotonic() + self._tick_s
-            if self._dirty or (self._seen_dirty and time.monotonic() - self._last_save > 5):
+            since = time.monotonic() - self._last_save
+            if (
+                self._dirty
+                or (self._pending_dirty and since >= PENDING_SAVE_S)
+                or (self._seen_dirty and since >= SEEN_SAVE_S)
+            ):
                 self.save()
 
     def stop(self, timeout_s: float = 10.0) -> None:
