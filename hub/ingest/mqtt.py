@@ -81,21 +81,44 @@ _PUBACK = struct.Struct("!BBH")
 
 
 class _BufferedClient(paho.Client):
-    """paho's client reading its socket in large chunks (see the module docstring)."""
+    """paho's client reading its socket in large chunks (see the module docstring).
+
+    One ``loop_read`` reads the socket once (up to ``READ_CHUNK``) and parses every packet in
+    it, then returns: paho writes (PUBACKs, our own publishes) only between reads, so reading
+    on while the broker keeps sending would starve them.
+    """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._read_buffer = b""
         self._read_at = 0
+        self._may_read_socket = False
 
     def _sock_recv(self, bufsize: int) -> bytes:
         if self._read_at >= len(self._read_buffer):
+            if not self._may_read_socket:
+                raise BlockingIOError  # this loop_read had its chunk: paho waits in select()
+            self._may_read_socket = False
             # raises BlockingIOError when the socket has nothing: paho waits in select()
             self._read_buffer = super()._sock_recv(READ_CHUNK)
             self._read_at = 0
         chunk = self._read_buffer[self._read_at : self._read_at + bufsize]
         self._read_at += len(chunk)
         return chunk
+
+    def _sock_close(self) -> None:
+        # bytes of a closed connection must never be parsed as the next one's
+        self._read_buffer, self._read_at = b"", 0
+        super()._sock_close()
+
+    def loop_read(self, max_packets: int = 1) -> MQTTErrorCode:
+        self._may_read_socket = True
+        rc = super().loop_read(max_packets)
+        # select() cannot see bytes already read: parse them all before waiting again
+        while rc == MQTTErrorCode.MQTT_ERR_SUCCESS and self._read_at < len(self._read_buffer):
+            rc = super().loop_read(max_packets)
+        self._may_read_socket = False
+        return rc
 
     def ack_many(self, mids: Sequence[int]) -> None:
         """PUBACK (success) for each QoS 1 ``mid``, queued as one write.
@@ -107,18 +130,6 @@ class _BufferedClient(paho.Client):
         if mids and self._manual_ack:
             packets = b"".join(_PUBACK.pack(PUBACK, 2, mid) for mid in mids)
             self._packet_queue(PUBACK, packets, 0, 0)
-
-    def _sock_close(self) -> None:
-        # bytes of a closed connection must never be parsed as the next one's
-        self._read_buffer, self._read_at = b"", 0
-        super()._sock_close()
-
-    def loop_read(self, max_packets: int = 1) -> MQTTErrorCode:
-        rc = super().loop_read(max_packets)
-        # select() cannot see bytes already read: parse them all before waiting again
-        while rc == MQTTErrorCode.MQTT_ERR_SUCCESS and self._read_at < len(self._read_buffer):
-            rc = super().loop_read(max_packets)
-        return rc
 
 
 class MqttLink:
