@@ -201,15 +201,17 @@ class MqttLink:
         self.connects += 1
         log.info("connected to %r (session present: %s)", self._endpoint, flags.session_present)
         self._subscribed.clear()
-        if not self._subscriptions:
-            self._subscribed.set()
-        else:
+        if self._subscriptions:
             client.subscribe(
                 [
                     (topic, SubscribeOptions(qos=qos, retainHandling=1))
                     for topic, qos in self._subscriptions
                 ]
             )
+        if not self._subscriptions or flags.session_present:
+            # A resumed session still holds the subscriptions; the renewal's SUBACK comes
+            # after whatever backlog the broker kept for us, which may take minutes to read.
+            self._subscribed.set()
         self._connected.set()
 
     def _on_subscribe(
@@ -287,6 +289,11 @@ class MqttLink:
             if self._refused is not None:
                 raise BrokerError(f"broker {self._endpoint!r} refused the hub: {self._refused}")
             if time.monotonic() > deadline:
+                if self._connected.is_set():
+                    raise BrokerError(
+                        f"broker {self._endpoint!r} did not confirm the subscriptions "
+                        f"in {timeout_s} s"
+                    )
                 raise BrokerError(f"broker {self._endpoint!r} not reachable in {timeout_s} s")
 
     @property

@@ -24,7 +24,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from hub import devservices
+from hub.ingest.mqtt import MqttLink
+from hub.inventory import Inventory
 from hub.model import Point
+from hub.pipeline import Hub
+from hub.profiles.profile_set import ProfileSet
+from hub.settings import MqttEndpoint, Settings
 from hub.storage import lineprotocol
 from hub.storage.influx import InfluxClient
 from tests.conftest import ROOT, HubHarness, MqttProbe, wait_until
@@ -330,3 +335,52 @@ def test_any_string_round_trips_through_influxdb(influx: InfluxClient, tag: str,
     rows = influx.query(f"SELECT s, device_id FROM fuzz WHERE time = {time_ms}ms")
     found = {(r[2], r[1]) for s in rows for r in s["values"]}
     assert (tag, text) in found
+
+
+def test_a_hub_resuming_its_session_behind_a_qos0_backlog_starts_and_loses_nothing(
+    start_hub: Callable[..., HubHarness],
+    services: devservices.Services,
+    influx_db: str,
+    influx: InfluxClient,
+    tmp_path: Path,
+) -> None:
+    # The broker sends a resumed session's backlog before the SUBACK of the hub's renewed
+    # subscriptions; a hub that waited for that SUBACK gave up after its connect timeout
+    # (exit 3) with QoS 0 messages already taken from the broker, and so lost them.
+    client_id = f"hub-backlog-{uuid.uuid4().hex[:8]}"
+    first = start_hub(mqtt_client_id=client_id, mqtt_qos=0, mqtt_session_expiry_s=600)
+    first.hub.stop()
+
+    sites, rounds = 3_000, 10
+    publisher = MqttLink(MqttEndpoint(services.mqtt_url), f"pub-{client_id}", persistent=False)
+    publisher.start([], 0, None)
+    publisher.wait_connected(10)
+    try:
+        for n in range(rounds):
+            for k in range(sites):
+                publisher.publish(f"traffic/PO-TC-B{k:04d}/health", _health(12.0 + n), qos=0)
+        fence = publisher.publish("traffic/PO-TC-FENCE/health", _health(12.5), qos=1)
+        assert publisher.wait_published([fence], 60), "the backlog did not reach the broker"
+    finally:
+        publisher.stop()
+
+    settings = Settings(
+        mqtt_url=services.mqtt_url,
+        mqtt_client_id=client_id,
+        mqtt_qos=0,
+        mqtt_session_expiry_s=600,
+        influx_url=services.influx_url,
+        influx_db=influx_db,
+        profiles_dir=ROOT / "device_profiles",
+        data_dir=tmp_path / "second",
+        flush_interval_s=0.05,
+    )
+    second = Hub(settings, ProfileSet.load(settings.profiles_dir), Inventory([]))
+    try:
+        second.start(connect_timeout_s=0.5)  # far less than reading the backlog takes
+        wait_until(
+            lambda: _count(influx, "traffic_health", "supply_v") == sites * rounds + 1,
+            what="every message of the backlog to be stored",
+        )
+    finally:
+        second.stop(timeout_s=10)
