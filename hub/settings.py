@@ -48,7 +48,8 @@ class Settings(BaseSettings):
     # a SecretStr because the URL may carry the password: it never shows in logs or repr
     mqtt_url: SecretStr = SecretStr("mqtt://localhost:1883")
     mqtt_client_id: str = "prato-hub"
-    mqtt_qos: Literal[0, 1] = 1
+    # an int range, not Literal[0, 1]: a Literal refuses the string an env variable gives
+    mqtt_qos: int = Field(default=1, ge=0, le=1)
     mqtt_session_expiry_s: int = Field(default=7 * 24 * 3600, ge=0)
     mqtt_receive_maximum: int = Field(default=20_000, ge=1, le=65_535)
     mqtt_ca_file: Path | None = None

@@ -99,6 +99,14 @@ def test_bad_settings_name_the_variable(
         load_settings()
 
 
+@pytest.mark.parametrize("value", ["0", "1"])
+def test_the_subscription_qos_comes_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    monkeypatch.setenv("HUB_MQTT_QOS", value)
+    assert load_settings().mqtt_qos == int(value)
+
+
 def test_token_and_user_exclude_each_other(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HUB_INFLUX_TOKEN", "t")
     monkeypatch.setenv("HUB_INFLUX_USER", "u")
