@@ -180,7 +180,8 @@ class Hub:
         self._alert_chunk_opened = 0.0
         # for the API: recent dead letters, and the last raw messages of each device
         self.dead_letters: collections.deque[DeadLetter] = collections.deque(maxlen=1_000)
-        self.raw_messages: dict[str, collections.deque[RawMessage]] = {}
+        # a short list per device, oldest first (a deque costs ~600 bytes more per device)
+        self.raw_messages: dict[str, list[RawMessage]] = {}
         self._threads: list[threading.Thread] = []
         self._clock_ms = clock_ms
         self._stats_stop = threading.Event()
@@ -226,7 +227,7 @@ class Hub:
             return
         ring = self.raw_messages.get(result.device_id)
         if ring is None:
-            ring = self.raw_messages[result.device_id] = collections.deque(maxlen=RAW_RING)
+            ring = self.raw_messages[result.device_id] = []
         # capped copies: the ring is for debugging a profile, not a second store
         ring.append(
             message
@@ -235,6 +236,8 @@ class Hub:
                 message.topic, message.payload[:RAW_PAYLOAD_CAP], message.received_ms, message.qos
             )
         )
+        if len(ring) > RAW_RING:
+            del ring[0]
         registered = self.inventory.enrich(result)
         self.devices.observe(result, registered, message.received_ms)
         if not self._alert_chunk:
