@@ -258,3 +258,75 @@ def test_api_alone_serves_inventory_and_stored_data(
         alerts = alone.get("/api/v1/alerts", headers=_auth(READER))
         assert alerts.status_code == 503
         assert alone.get("/readyz").json()["checks"] == {"influxdb": True}
+
+
+HOSTILE_VALUES = [
+    "x'; DROP DATABASE prato; --",
+    '"; DROP MEASUREMENT "traffic_health',
+    "/.*/",
+    "' OR ''='",
+    "a\\",
+    "zone\nDROP DATABASE prato",
+    "\u0000",
+]
+
+
+def _census(influx: InfluxClient) -> dict[str, Any]:
+    """The databases and, per measurement, the number of stored points around T0."""
+    window = f"time > {T0 - 86_400_000}ms AND time < {T0 + 86_400_000}ms"
+    databases = sorted(row[0] for s in influx.query("SHOW DATABASES") for row in s["values"])
+    counts = {
+        measurement: influx.query(f'SELECT count(*) FROM "{measurement}" WHERE {window}')
+        for measurement in ("traffic_health", "device_status", "lighting_cabinet")
+    }
+    return {"databases": databases, "counts": counts}
+
+
+def test_hostile_requests_get_4xx_or_empty_answers_and_leave_the_data_intact(
+    seeded: tuple[HubHarness, TestClient],
+) -> None:
+    harness, client = seeded
+    before = _census(harness.influx)
+    assert before["counts"]["traffic_health"], "the seeded data is there to be kept"
+    since = {"start": "2026-11-24T00:00:00Z", "end": "2026-11-25T00:00:00Z"}
+    health = {"measurement": "traffic_health", "field": "supply_v", "fn": "mean", **since}
+    requests: list[tuple[str, dict[str, str]]] = []
+    for value in HOSTILE_VALUES:
+        requests += [
+            ("/api/v1/aggregate", {**health, "zone": value}),
+            ("/api/v1/aggregate", {**health, "device_id": value}),
+            ("/api/v1/aggregate", {**health, "measurement": value}),
+            ("/api/v1/aggregate", {**health, "field": value}),
+            ("/api/v1/aggregate", {**health, "group_by": value}),
+            ("/api/v1/aggregate", {**health, f"tag.{value}": "x"}),
+            ("/api/v1/aggregate", {**health, "start": value}),
+            ("/api/v1/aggregate", {**health, "interval": value}),
+            ("/api/v1/devices", {"zone": value}),
+            ("/api/v1/devices", {"profile": value}),
+            ("/api/v1/views/parking/occupancy", {"zone": value}),
+            ("/api/v1/views/lighting/energy", {"zone": value, **since}),
+            ("/api/v1/views/traffic/flows", {"site": value, **since}),
+            ("/api/v1/alerts", {"zone": value}),
+        ]
+    requests += [  # huge ranges and impossible dates
+        ("/api/v1/aggregate", {**health, "start": "1970-01-01T00:00:00Z"}),
+        ("/api/v1/aggregate", {**health, "end": "9999-12-31T23:59:59Z"}),
+        ("/api/v1/aggregate", {**health, "start": "2026-02-30T00:00:00Z"}),
+        ("/api/v1/aggregate", {**health, "interval": "1s", "start": "2025-11-24T00:00:00Z"}),
+        ("/api/v1/views/traffic/flows", {"start": "2020-01-01T00:00:00Z"}),
+    ]
+    answers = []
+    for path, params in requests:
+        response = client.get(path, params=params, headers=_auth(READER))
+        answers.append((path, params, response.status_code))
+        assert response.status_code in (200, 404, 422), (path, params, response.text)
+        if response.status_code == 200:
+            # a strange value is only ever a literal: it matches nothing stored
+            lists = [
+                v for k, v in response.json().items() if isinstance(v, list) and k != "days"
+            ]  # "days": the calendar the energy view reports on, not data
+            assert lists, (path, params)
+            assert all(v == [] for v in lists), (path, params, response.text)
+    refused = [a for a in answers if a[2] == 422]
+    assert len(refused) >= len(HOSTILE_VALUES) * 5  # every name, time and interval injection
+    assert _census(harness.influx) == before
