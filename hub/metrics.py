@@ -60,13 +60,15 @@ class Metrics:
             kind = "gauge" if name in self._gauges else "counter"
             lines.append(f"# TYPE {prefix}{name} {kind}")
             for key, value in sorted(series.items()):
-                labels = ",".join(
-                    f'{k}="{v.replace(chr(92), chr(92) * 2).replace(chr(34), chr(92) + chr(34))}"'
-                    for k, v in key
-                )
+                labels = ",".join(f'{k}="{_label_value(v)}"' for k, v in key)
                 lines.append(
                     f"{prefix}{name}{{{labels}}} {value:g}"
                     if labels
                     else f"{prefix}{name} {value:g}"
                 )
         return "\n".join(lines) + "\n"
+
+
+def _label_value(value: str) -> str:
+    """A label value escaped for the text format: backslash, double quote and line feed."""
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
