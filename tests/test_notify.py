@@ -16,6 +16,7 @@ import httpx
 import orjson
 import pytest
 
+from hub import durable
 from hub.alerts.model import Alert, AlertEvent, EventKind, Severity
 from hub.errors import BrokerError, ConfigError
 from hub.metrics import Metrics
@@ -671,14 +672,14 @@ def test_submit_never_waits_for_the_outbox_disk_and_a_storm_costs_few_writes(
 ) -> None:
     gate = threading.Event()
     writes: list[int] = []
-    real_write = dispatch._write_atomically
+    real_write = durable.write_atomically
 
     def slow_disk(path: Path, data: bytes) -> None:
         gate.wait(10)  # a disk that hangs until the test lets it go
         writes.append(len(orjson.loads(data)))
         real_write(path, data)
 
-    monkeypatch.setattr(dispatch, "_write_atomically", slow_disk)
+    monkeypatch.setattr(dispatch, "write_atomically", slow_disk)
     outbox = tmp_path / "outbox.json"
     down = FakeChannel("webhook:ops", failures=10_000)
     dispatcher = dispatchers([down], Metrics(), outbox, RetrySpec(first_s=60, max_s=60))

@@ -29,7 +29,6 @@ from __future__ import annotations
 import collections
 import json
 import logging
-import os
 import queue
 import string
 import threading
@@ -43,6 +42,7 @@ import orjson
 
 from hub.alerts.model import Alert, AlertEvent
 from hub.alerts.rules import CompiledRule
+from hub.durable import write_atomically
 from hub.inventory import Inventory
 from hub.metrics import Metrics
 from hub.model import Decoded
@@ -348,7 +348,7 @@ class AlertEngine:
     # -- persistence ------------------------------------------------------------------------
 
     def save(self) -> None:
-        """Write the state atomically (tmp file, fsync, rename)."""
+        """Write the state atomically (``hub.durable.write_atomically``)."""
         if self._state_path is None:
             return
         with self._lock:
@@ -362,12 +362,7 @@ class AlertEngine:
             }
             self._dirty = self._pending_dirty = self._seen_dirty = False
         self._state_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self._state_path.with_suffix(".tmp")
-        with tmp.open("wb") as out:
-            out.write(orjson.dumps(body, default=str))
-            out.flush()
-            os.fsync(out.fileno())
-        tmp.replace(self._state_path)
+        write_atomically(self._state_path, orjson.dumps(body, default=str))
         self._last_save = time.monotonic()
 
     def load(self) -> None:

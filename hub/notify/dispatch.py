@@ -35,7 +35,6 @@ milliseconds between a submit and the next outbox write loses that event's notif
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from collections import deque
@@ -47,6 +46,7 @@ from typing import Any, Protocol, runtime_checkable
 import orjson
 
 from hub.alerts.model import AlertEvent
+from hub.durable import write_atomically
 from hub.errors import ConfigError, HubError
 from hub.metrics import Metrics
 from hub.notify.config import RetrySpec
@@ -111,22 +111,6 @@ class _Lane:
     wake: threading.Condition
     queue: deque[_Item] = field(default_factory=deque)
     thread: threading.Thread | None = None
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    """Replace ``path`` with ``data`` so that a crash leaves either the old or the new file."""
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("wb") as file:
-        file.write(data)
-        file.flush()
-        os.fsync(file.fileno())
-    tmp.replace(path)
-    # The rename is durable only once the directory entry is on disk.
-    fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class Dispatcher:
@@ -394,7 +378,7 @@ class Dispatcher:
             if generation < self._written:
                 return  # a newer snapshot is already on disk
             try:
-                _write_atomically(self._outbox, data)
+                write_atomically(self._outbox, data)
             except OSError as exc:
                 # Delivery goes on from memory; only a crash now could lose these events.
                 self._metrics.inc("notification_outbox_errors_total")

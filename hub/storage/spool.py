@@ -21,6 +21,8 @@ import threading
 import zlib
 from pathlib import Path
 
+from hub.durable import write_atomically
+
 log = logging.getLogger(__name__)
 
 _HEADER = struct.Struct(">II")
@@ -65,12 +67,8 @@ class Spool:
         return first, 0
 
     def _save_position(self) -> None:
-        tmp = self._folder / "position.tmp"
-        with tmp.open("w", encoding="ascii") as out:
-            out.write(f"{self._read_seg} {self._read_off}\n")
-            out.flush()
-            os.fsync(out.fileno())
-        tmp.replace(self._folder / "position")
+        position = f"{self._read_seg} {self._read_off}\n".encode("ascii")
+        write_atomically(self._folder / "position", position)
 
     def _repair_tail(self) -> None:
         """Cut a torn record off the end of the last segment."""
