@@ -94,6 +94,8 @@ ENERGY_SEED_S = 48 * 3_600
 HOUR_S = 3_600
 FLOWS_DEFAULT_S = 86_400
 FLOWS_MAX_S = 31 * 86_400
+# what tells one lamp's series apart (the GROUP BY of the energy queries)
+LAMP_TAGS = f"{ident('device_id')}, {ident('cabinet_id')}, {ident('zone')}"
 # lamps read raw per query when their counter fell: keeps each answer a few MB at most
 RESET_CHUNK = 50
 
@@ -434,14 +436,13 @@ def _lighting_energy(
     # readings before the first day are read only as the "previous reading" of the first ones
     read = Window(window.start - timedelta(seconds=ENERGY_SEED_S), window.end)
     where = _where(read, [("cabinet_id", cabinets), ("zone", zones)])
-    lamp_tags = f"{ident('device_id')}, {ident('cabinet_id')}, {ident('zone')}"
     hour = f"time({duration(HOUR_S)})"
 
     def hourly(function: str, condition: str) -> str:
         # one value per lamp and hour: the hour's last reading against the previous hour's
         return (
             f"SELECT {function}(last({ident('energy_wh')})) AS {ident('d')} "
-            f"FROM {ident(LAMPS)} WHERE {condition} GROUP BY {hour}, {lamp_tags}"
+            f"FROM {ident(LAMPS)} WHERE {condition} GROUP BY {hour}, {LAMP_TAGS}"
         )
 
     def add(name: str, stamp_ms: int, value: int | float) -> None:
@@ -464,7 +465,7 @@ def _lighting_energy(
                 add(name, int(row["time"]), row["wh"])
     falls = ctx.store.query(
         f"SELECT count({ident('d')}) AS {ident('falls')} FROM ({hourly('difference', where)}) "
-        f"WHERE {read.where()} AND {ident('d')} < 0 GROUP BY {lamp_tags}"
+        f"WHERE {read.where()} AND {ident('d')} < 0 GROUP BY {LAMP_TAGS}"
     )
     fallen = {tuple(sorted(series_tags(s).items())) for s in falls}
     _replay_fallen_lamps(ctx, where, fallen, key, hourly, add)
@@ -503,7 +504,6 @@ def _replay_fallen_lamps(
 ) -> None:
     """Lamps whose counter fell: take back their hourly rises, sum their readings instead."""
     devices = sorted({dict(t)["device_id"] for t in fallen})
-    lamp_tags = f"{ident('device_id')}, {ident('cabinet_id')}, {ident('zone')}"
     for offset in range(0, len(devices), RESET_CHUNK):
         chunk_where = f"{where} AND {any_of('device_id', devices[offset : offset + RESET_CHUNK])}"
         for series in ctx.store.query(hourly("non_negative_difference", chunk_where)):
@@ -514,7 +514,7 @@ def _replay_fallen_lamps(
                         add(tags.get(key, ""), int(row["time"]), -row["d"])
         raw = ctx.store.query(
             f"SELECT {ident('energy_wh')} FROM {ident(LAMPS)} WHERE {chunk_where} "
-            f"GROUP BY {lamp_tags}"
+            f"GROUP BY {LAMP_TAGS}"
         )
         for series in raw:
             tags = series_tags(series)
