@@ -47,7 +47,6 @@ import multiprocessing
 import os
 import platform
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -58,6 +57,7 @@ from typing import Any
 
 import httpx
 
+from bench.common import BenchmarkError, with_services
 from hub import devservices
 from hub.api.app import create_app
 from hub.api.context import ApiContext
@@ -510,10 +510,6 @@ class Samples:
     calls: list[Call] = field(default_factory=list)
 
 
-class BenchmarkError(RuntimeError):
-    """An endpoint answered an error or nothing: the numbers would mean nothing."""
-
-
 def call(http: httpx.Client, timer: InfluxTimer, endpoint: Endpoint, now_ms: int) -> Call:
     """One call of ``endpoint``, checked, with its time split."""
     timer.take()
@@ -689,16 +685,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--devices must be at least {MIN_DEVICES}")
     if args.days < 1 or args.repeat < 1 or args.workers < 1:
         parser.error("--days, --repeat and --workers must be at least 1")
-    with tempfile.TemporaryDirectory(prefix="bench-api-latency-") as tmp:
-        state = Path(tmp) / "services"
-        try:
-            services = devservices.start(state)
-            return _run(args, services, Path(tmp))
-        except BenchmarkError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 1
-        finally:
-            devservices.stop(state)
+    return with_services("bench-api-latency-", lambda services, tmp: _run(args, services, tmp))
 
 
 def _run(args: argparse.Namespace, services: devservices.Services, tmp: Path) -> int:

@@ -61,7 +61,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections import Counter
@@ -78,6 +77,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
 from bench.api_latency import fleet_spec, percentile
+from bench.common import BenchmarkError, with_services
 from hub import devservices
 from hub.ingest.mqtt import MqttLink, wall_clock_ms
 from hub.model import Decoded, RawMessage
@@ -118,10 +118,6 @@ RSS_LIMIT_MB = 150.0
 ALERT_P99_LIMIT_MS = 250.0
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-
-
-class BenchmarkError(RuntimeError):
-    """A run could not be set up or finished: its numbers would mean nothing."""
 
 
 # --------------------------------------------------------------------------- the burst
@@ -1428,18 +1424,11 @@ def main(argv: list[str] | None = None) -> int:
     levels = [logger.level for logger in quiet]
     for logger in quiet:
         logger.setLevel(logging.CRITICAL)
-    with tempfile.TemporaryDirectory(prefix="bench-ingest-") as tmp:
-        state = Path(tmp) / "services"
-        try:
-            services = devservices.start(state)
-            return _run(args, services, Path(tmp))
-        except BenchmarkError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 1
-        finally:
-            devservices.stop(state)
-            for logger, level in zip(quiet, levels, strict=True):
-                logger.setLevel(level)
+    try:
+        return with_services("bench-ingest-", lambda services, tmp: _run(args, services, tmp))
+    finally:
+        for logger, level in zip(quiet, levels, strict=True):
+            logger.setLevel(level)
 
 
 def _attempt(run: Callable[[], Drain], failed: Drain) -> Drain:
