@@ -82,6 +82,8 @@ class Settings(BaseSettings):
     # "id:org:role:sha256" entries, comma-separated; a SecretStr so hashes stay out of logs
     api_keys: SecretStr | None = None
     api_cors_origins: list[str] = Field(default_factory=list)
+    # who sees what (hub.sharing); without it every API key sees everything
+    sharing_file: Path | None = None
 
     stats_interval_s: float = Field(default=10.0, ge=0)  # hub_stats points; 0: off
 

@@ -13,6 +13,7 @@ from hub.inventory import Inventory
 from hub.metrics import Metrics
 from hub.profiles.profile_set import MeasurementSchema, ProfileSet
 from hub.settings import Settings
+from hub.sharing import Access, Policy, access_for
 from hub.storage.influx import InfluxClient
 
 if TYPE_CHECKING:  # the API may run without ingest (``hub api``): then there is no Hub
@@ -31,6 +32,7 @@ class ApiContext:
     keys: ApiKeys
     clock_ms: Callable[[], int]
     hub: Hub | None = None
+    policy: Policy | None = None
     schema: dict[str, MeasurementSchema] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -72,3 +74,7 @@ class ApiContext:
             return key
 
         return check
+
+    def access(self, key: ApiKey) -> Access:
+        """What the caller's organisation may see (everything without a sharing policy)."""
+        return access_for(self.policy, key.org)
