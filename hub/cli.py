@@ -5,6 +5,7 @@ hub profiles check            load and validate every profile, print their subsc
 hub profiles test [NAME...]   run the profiles' golden vectors
 hub simulate ...              publish a simulated city fleet to the broker
 hub services up|down|env      local Mosquitto + InfluxDB for development and tests
+hub broker ...                broker accounts; `hub broker sharing-acl`: consumers from the policy
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from types import FrameType
 
 from pydantic import ValidationError
 
-from hub import __version__, broker_admin
+from hub import __version__, broker_admin, sharing_acl
 from hub.api.app import create_app
 from hub.api.context import ApiContext
 from hub.api.security import ApiKeys, digest, new_token
@@ -33,6 +34,7 @@ from hub.pipeline import Hub, make_store
 from hub.profiles.golden import run_all
 from hub.profiles.profile_set import ProfileSet
 from hub.settings import Settings
+from hub.sharing import Policy
 
 log = logging.getLogger("hub")
 
@@ -66,6 +68,28 @@ def _setup_logging(level: str) -> None:
     logging.getLogger("hub.mqtt.paho").setLevel(logging.WARNING)
 
 
+def load_policy(settings: Settings, profiles: ProfileSet, inventory: Inventory) -> Policy | None:
+    """The sharing policy (``HUB_SHARING_FILE``), checked against the stored schema and the
+    inventory's owners; ``None`` (everything visible to every key) without one."""
+    if settings.sharing_file is None:
+        log.warning(
+            "no sharing policy (HUB_SHARING_FILE): every API key sees every organisation's data"
+        )
+        return None
+    measurements = {name: list(m.fields) for name, m in profiles.schema().items()}
+    policy = Policy.load(settings.sharing_file, measurements)
+    policy.check_members(
+        f"{settings.inventory} (owner)", {d.owner for d in inventory.devices.values()}
+    )
+    log.info(
+        "sharing policy %s: %d organisations, %d shares",
+        settings.sharing_file,
+        len(policy.organisations),
+        len(policy.shares),
+    )
+    return policy
+
+
 def cmd_run(_: argparse.Namespace) -> int:
     """Run the hub until a signal asks it to stop; exit 0 after a clean drain."""
     settings = load_settings()
@@ -74,7 +98,8 @@ def cmd_run(_: argparse.Namespace) -> int:
     # a default inventory path may be absent; one the operator named must exist
     explicit = "inventory" in settings.model_fields_set
     inventory = Inventory.load(settings.inventory, required=explicit)
-    hub = Hub(settings, profiles, inventory)
+    policy = load_policy(settings, profiles, inventory)
+    hub = Hub(settings, profiles, inventory, policy=policy)
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
@@ -84,8 +109,11 @@ def cmd_run(_: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     hub.start()
-    server = _api_server(settings, profiles, inventory, hub) if settings.api_enabled else None
+    server = (
+        _api_server(settings, profiles, inventory, hub, policy) if settings.api_enabled else None
+    )
     stop.wait()
+    hub.live.close()  # ends the live streams, so the API can finish its open requests
     if server is not None:
         server.stop()
     hub.stop()
@@ -93,7 +121,11 @@ def cmd_run(_: argparse.Namespace) -> int:
 
 
 def _api_server(
-    settings: Settings, profiles: ProfileSet, inventory: Inventory, hub: Hub | None
+    settings: Settings,
+    profiles: ProfileSet,
+    inventory: Inventory,
+    hub: Hub | None,
+    policy: Policy | None,
 ) -> ApiServer:
     """Build and start the API (with the hub's live state when ``hub`` is given)."""
     keys = ApiKeys.load(
@@ -102,6 +134,8 @@ def _api_server(
     )
     if not len(keys):
         log.warning("the API has no keys (HUB_API_KEYS_FILE / HUB_API_KEYS): it answers 401")
+    if policy is not None:
+        policy.check_members("API keys (org)", keys.organisations())
     ctx = ApiContext(
         settings=settings,
         profiles=profiles,
@@ -111,6 +145,7 @@ def _api_server(
         keys=keys,
         clock_ms=wall_clock_ms,
         hub=hub,
+        policy=policy,
     )
     server = ApiServer(create_app(ctx), settings.api_host, settings.api_port)
     server.start()
@@ -128,7 +163,9 @@ def cmd_api(_: argparse.Namespace) -> int:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    server = _api_server(settings, profiles, inventory, None)
+    server = _api_server(
+        settings, profiles, inventory, None, load_policy(settings, profiles, inventory)
+    )
     stop.wait()
     server.stop()
     return 0
@@ -288,6 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
     new.set_defaults(func=cmd_apikey)
 
     broker_admin.add_parser(commands)
+    sharing_acl.add_parser(commands)  # hub broker sharing-acl
 
     show = commands.add_parser("show", help="points stored per measurement (recent hours)")
     show.add_argument("--hours", type=int, default=7 * 24)

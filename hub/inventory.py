@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from pathlib import Path
@@ -106,17 +107,28 @@ class DeviceSeen:
     online: bool | None = None  # from device_status.online, when the device reports it
 
 
-class DeviceRegistry:
-    """Devices seen since start: last seen, registered or not, timestamp problems."""
+OnlineChange = Callable[[str, str, bool, str], None]  # device, profile, online, why
 
-    def __init__(self) -> None:
+
+class DeviceRegistry:
+    """Devices seen since start: last seen, registered or not, timestamp problems.
+
+    ``on_change`` (optional) hears of a device's first message since start (online, "first
+    message") and of every change of its reported ``device_status.online``; it runs on the
+    decode thread, so it must be quick.
+    """
+
+    def __init__(self, on_change: OnlineChange | None = None) -> None:
         self._lock = threading.Lock()
         self._seen: dict[str, DeviceSeen] = {}
+        self._on_change = on_change
 
     def observe(self, decoded: Decoded, registered: bool, received_ms: int) -> None:
         """Record one decoded message of a device."""
+        changes: list[tuple[bool, str]] = []
         with self._lock:
             seen = self._seen.get(decoded.device_id)
+            first = seen is None
             if seen is None:
                 seen = self._seen[decoded.device_id] = DeviceSeen(decoded.profile, registered)
             seen.last_seen_ms = max(seen.last_seen_ms, received_ms)
@@ -130,7 +142,14 @@ class DeviceRegistry:
                 if point.measurement == STATUS_MEASUREMENT:
                     online = point.fields.get("online")
                     if isinstance(online, bool):
+                        if seen.online is not online and not first:
+                            changes.append((online, "device status"))
                         seen.online = online
+            if first:
+                changes.append((seen.online is not False, "first message"))
+        if self._on_change is not None:
+            for online, why in changes:
+                self._on_change(decoded.device_id, decoded.profile, online, why)
 
     def get(self, device_id: str) -> DeviceSeen | None:
         """A copy of what was seen of ``device_id``."""

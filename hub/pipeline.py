@@ -37,10 +37,12 @@ from dataclasses import dataclass
 
 from hub.alerts.annotations import AlertEventStore
 from hub.alerts.engine import AlertEngine
+from hub.alerts.model import AlertEvent
 from hub.alerts.rules import compile_rule
 from hub.errors import StoreError
 from hub.ingest.mqtt import MqttLink, wall_clock_ms
 from hub.inventory import DeviceRegistry, Inventory
+from hub.live import ZONE_MEASURES, LiveFeed, ZoneMeasure, ZoneWatch
 from hub.metrics import Metrics
 from hub.model import DeadLetter, Decoded, FieldValue, Point, RawMessage
 from hub.notify.channels import build_channels
@@ -48,6 +50,7 @@ from hub.notify.config import load_notify_config
 from hub.notify.dispatch import Dispatcher
 from hub.profiles.profile_set import ProfileSet
 from hub.settings import Settings
+from hub.sharing import Access, Policy
 from hub.storage import lineprotocol
 from hub.storage.influx import InfluxClient
 from hub.storage.spool import Spool
@@ -62,6 +65,7 @@ RAW_PAYLOAD_CAP = 2_048
 ALERT_CHUNK = 500
 ALERT_CHUNK_S = 0.02
 INBOX_FULL_WAIT_S = 0.001
+LIVE_FLUSH_S = 0.2  # zone counts: how often changed ones are published (each at most 1/s)
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,12 +104,21 @@ class Hub:
         inventory: Inventory,
         metrics: Metrics | None = None,
         clock_ms: Callable[[], int] = wall_clock_ms,
+        *,
+        policy: Policy | None = None,
     ) -> None:
         self.settings = settings
+        self.policy = policy
         self.profiles = profiles
         self.inventory = inventory
         self.metrics = metrics or Metrics()
-        self.devices = DeviceRegistry()
+        # the Situation Room's live feed: alerts, online changes, interventions, zone counts
+        self.live = LiveFeed()
+        self._measurements_of: dict[str, list[str]] = {}
+        for name, schema in profiles.schema().items():
+            self._measurements_of.setdefault(schema.profile, []).append(name)
+        self.devices = DeviceRegistry(on_change=self._device_changed)
+        self.zones = ZoneWatch(self.live, ZONE_MEASURES, self.owner_of, _zone_audience)
         self.tuning = Tuning(
             batch_size=settings.batch_size,
             flush_interval_s=settings.flush_interval_s,
@@ -164,10 +177,16 @@ class Hub:
             settings.data_dir / "notify-outbox.json",
             notify.retry,
         )
+        self._silence_rules = {
+            (item.profile.profile, rule.name)
+            for item in profiles.profiles
+            for rule in item.profile.alerts
+            if rule.silence is not None
+        }
         self.alerts = AlertEngine(
             rules,
             inventory,
-            self.dispatcher.submit,
+            self._alert_event,
             self.metrics,
             clock_ms,
             state_path=settings.data_dir / "alerts.json",
@@ -186,6 +205,7 @@ class Hub:
         self._clock_ms = clock_ms
         self._stats_stop = threading.Event()
         self._stats_thread: threading.Thread | None = None
+        self._live_thread: threading.Thread | None = None
         self.metrics.gauge("inbox_depth", self.inbox.qsize)
         if self.spool is not None:
             spool = self.spool
@@ -240,6 +260,13 @@ class Hub:
             del ring[0]
         registered = self.inventory.enrich(result)
         self.devices.observe(result, registered, message.received_ms)
+        zones = self.zones
+        for point in result.points:
+            measure = zones.follows(point.measurement)
+            if measure is not None:
+                zones.observe(
+                    result.device_id, point.measurement, point.tags, point.fields.get(measure.field)
+                )
         if not self._alert_chunk:
             self._alert_chunk_opened = time.monotonic()
         self._alert_chunk.append((result, message.received_ms))
@@ -296,6 +323,58 @@ class Hub:
         if self._alert_chunk:
             self.alerts.offer_many(self._alert_chunk)
             self._alert_chunk = []
+
+    # -- the live feed ------------------------------------------------------------------------
+
+    def owner_of(self, device_id: str) -> str | None:
+        """The inventory owner of a device (``None``: not listed, or no owner)."""
+        listed = self.inventory.devices.get(device_id)
+        return listed.owner or None if listed is not None else None
+
+    def _device_audience(self, device_id: str, profile: str) -> Callable[[Access], bool]:
+        owner = self.owner_of(device_id)
+        measurements = self._measurements_of.get(profile, [])
+        return lambda access: access.lists_device(owner, measurements)
+
+    def _device_changed(self, device_id: str, profile: str, online: bool, why: str) -> None:
+        listed = self.inventory.devices.get(device_id)
+        self.live.publish(
+            "device",
+            {
+                "device_id": device_id,
+                "profile": profile,
+                "zone": listed.zone if listed is not None else None,
+                "owner": self.owner_of(device_id),
+                "online": online,
+                "why": why,
+            },
+            self._device_audience(device_id, profile),
+        )
+
+    def _alert_event(self, event: AlertEvent) -> None:
+        """The alert engine's events: to the notification channels and the live feed."""
+        self.dispatcher.submit(event)
+        alert = event.alert
+        owner = self.owner_of(alert.device_id)
+        rule = alert.rule
+        self.live.publish(
+            "alert",
+            {**event.to_json(), "owner": owner},
+            lambda access: access.sees_alert(owner, rule),
+        )
+        if (alert.profile, rule) in self._silence_rules and event.kind != "acknowledged":
+            silent = event.kind == "fired"
+            self._device_changed(
+                alert.device_id,
+                alert.profile,
+                not silent,
+                f"silent for rule {rule}" if silent else "spoke again",
+            )
+
+    def _live_loop(self, interval_s: float) -> None:
+        while not self._stats_stop.wait(interval_s):
+            self.zones.flush()
+        self.zones.flush(force=True)
 
     # -- writer stage -------------------------------------------------------------------------
 
@@ -358,6 +437,11 @@ class Hub:
             thread = threading.Thread(target=target, name=name, daemon=True)
             thread.start()
             self._threads.append(thread)
+        live = threading.Thread(
+            target=self._live_loop, args=(LIVE_FLUSH_S,), name="hub-live", daemon=True
+        )
+        live.start()
+        self._live_thread = live
         if self.settings.stats_interval_s > 0:
             stats = threading.Thread(
                 target=self._stats_loop,
@@ -391,6 +475,8 @@ class Hub:
         self._stats_stop.set()
         if self._stats_thread is not None:
             self._stats_thread.join(5)
+        if self._live_thread is not None:
+            self._live_thread.join(5)
         self.alerts.stop()
         self.dispatcher.stop(timeout_s=max(1.0, deadline - time.monotonic()))
         self._replay_stop.set()
@@ -401,3 +487,13 @@ class Hub:
         self.link.stop()
         self.store.close()
         log.info("hub stopped: %d messages received", self.received)
+
+
+def _zone_audience(measure: ZoneMeasure, owner: str | None) -> Callable[[Access], bool]:
+    """Who sees a zone count of ``owner``'s devices: those granted the field per zone, live."""
+
+    def sees(access: Access) -> bool:
+        grant = access.grant(owner, measure.measurement, measure.field)
+        return grant is not None and grant.delay_ms == 0 and grant.allows(("zone",))
+
+    return sees

@@ -26,6 +26,7 @@ from hub.model import FieldValue, Point, RawMessage
 from hub.pipeline import Hub
 from hub.profiles.profile_set import ProfileSet
 from hub.settings import MqttEndpoint, Settings
+from hub.sharing import Policy
 from hub.storage.influx import InfluxClient
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -188,6 +189,7 @@ def start_hub(
         profiles_dir: Path = ROOT / "device_profiles",
         inventory: Path | None = None,
         now_ms: int | None = None,
+        policy: Policy | None = None,
         **overrides: Any,
     ) -> HubHarness:
         options: dict[str, Any] = {
@@ -208,6 +210,7 @@ def start_hub(
             ProfileSet.load(settings.profiles_dir),
             Inventory.load(settings.inventory),
             clock_ms=clock,
+            policy=policy,
         )
         hub.start()
         started.append(hub)

@@ -27,6 +27,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from hub.alerts.model import iso_ms
 from hub.api.context import ApiContext
 from hub.api.influxql import QueryInputError, any_of, duration, ident, time_range
+from hub.api.scope import scope_for
 from hub.api.security import ApiKey
 from hub.profiles.profile_set import MeasurementSchema
 
@@ -184,6 +185,15 @@ def request_window(
             f"the range from start to end is at most {days:g} days; ask for a shorter range"
         )
     return Window(start_at, end_at)
+
+
+def delayed(window: Window, latest_ms: int) -> Window:
+    """``window`` ending no later than ``latest_ms`` (shared data with a delay); a window
+    entirely after it shrinks to an empty one at ``latest_ms``."""
+    if window.end_ms <= latest_ms:
+        return window
+    end = from_ms(latest_ms)
+    return Window(min(window.start, end), end)
 
 
 def bucket_count(window: Window, interval_s: int) -> int:
@@ -371,6 +381,15 @@ def router(ctx: ApiContext) -> APIRouter:
         devices = filter_values("device_id", device_id or [])
         zones = filter_values("zone", zone or [])
         profiles = filter_values("profile", profile or [])
+        # the answer's grain: what it is broken down by, and what it is narrowed to (a
+        # filter on one device or lane shows that device's data even when grouped by zone)
+        grain = {*tags, "zone"} if zones else set(tags)
+        grain.update(tag_filters)
+        if devices:
+            grain.add("device_id")
+        scope = scope_for(ctx, ctx.access(key), schema.name, [field], grain)
+        if scope.delay_ms:
+            window = delayed(window, ctx.clock_ms() - scope.delay_ms)
         answer: dict[str, Any] = {
             "measurement": schema.name,
             "field": field,
@@ -379,9 +398,14 @@ def router(ctx: ApiContext) -> APIRouter:
             **window.to_json(),
             "series": [],
         }
-        if not _profile_matches(ctx, schema, profiles):
+        if scope.delay_ms:
+            answer["delayed_by"] = format_interval(scope.delay_ms // 1000)
+        if not _profile_matches(ctx, schema, profiles) or scope.empty:
             return answer
         conditions = [window.where()]
+        visible = scope.condition()
+        if visible is not None:
+            conditions.append(visible)
         for tag, values in [("device_id", devices), ("zone", zones), *tag_filters.items()]:
             if values:
                 conditions.append(any_of(tag, values))

@@ -22,12 +22,13 @@ from pydantic import BaseModel, Field
 from hub import __version__
 from hub.alerts.engine import AlertEngine
 from hub.alerts.model import SEVERITY_RANK, Alert, iso_ms
-from hub.api import aggregates, views
+from hub.api import aggregates, live, views
 from hub.api.context import ApiContext
 from hub.api.influxql import QueryInputError, equals, ident, time_range
 from hub.api.security import ApiKey
 from hub.errors import StoreRejected, StoreUnavailable
 from hub.inventory import UNKNOWN_ZONE
+from hub.sharing import Access
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +82,7 @@ def create_app(ctx: ApiContext) -> FastAPI:
     app.include_router(_alerts(ctx))
     app.include_router(aggregates.router(ctx))
     app.include_router(views.router(ctx))
+    app.include_router(live.router(ctx))
     return app
 
 
@@ -162,6 +164,12 @@ def _device_rows(ctx: ApiContext) -> dict[str, DeviceSummary]:
     return rows
 
 
+def _owner(ctx: ApiContext, device_id: str) -> str | None:
+    """The inventory owner of a device; ``None`` when it has none or is not listed."""
+    listed = ctx.inventory.devices.get(device_id)
+    return listed.owner or None if listed is not None else None
+
+
 def _is_silence(ctx: ApiContext, alert: Alert) -> bool:
     for item in ctx.profiles.profiles:
         if item.profile.profile == alert.profile:
@@ -193,11 +201,14 @@ def _devices(ctx: ApiContext) -> APIRouter:
         limit: int = Query(default=500, ge=1, le=10_000),
         offset: int = Query(default=0, ge=0),
     ) -> dict[str, Any]:
-        """Inventory devices and devices seen since start, filtered."""
+        """Inventory devices and devices seen since start, filtered; only the caller's
+        organisation's own devices and those shared with it per device."""
+        access = ctx.access(key)
         rows = [
             row
             for row in _device_rows(ctx).values()
-            if (profile is None or row.profile == profile)
+            if _listed(ctx, access, row)
+            and (profile is None or row.profile == profile)
             and (zone is None or row.zone == zone)
             and (owner is None or row.owner == owner)
             and (online is None or row.online is online)
@@ -209,33 +220,59 @@ def _devices(ctx: ApiContext) -> APIRouter:
     def device_detail(device_id: str, key: ApiKey = reader) -> dict[str, Any]:
         """One device: inventory, last seen, latest values, online state, open alerts,
         recent dead letters and its last raw messages."""
+        access = ctx.access(key)
         rows = _device_rows(ctx)
         row = rows.get(device_id)
-        if row is None:
+        # a device the caller may not see is answered like one that does not exist
+        if row is None or not _listed(ctx, access, row):
             raise HTTPException(404, f"no device {device_id!r} in the inventory or seen")
         observed = ctx.hub.devices.get(device_id) if ctx.hub is not None else None
+        # raw payloads and dead letters carry every field: the owner's alone
+        own = access.owns(row.owner)
         return {
             **row.model_dump(),
             "messages": observed.messages if observed else None,
             "time_problems": observed.time_problems if observed else {},
-            "latest": _latest(ctx, device_id, row.profile),
-            "open_alerts": [a.to_json() for a in _engine_alerts(ctx) if a.device_id == device_id],
-            "dead_letters": _dead_letters(ctx, device_id),
-            "raw_messages": _raw_messages(ctx, device_id),
+            "latest": _latest(ctx, access, device_id, row.profile, row.owner),
+            "open_alerts": [
+                a.to_json()
+                for a in _engine_alerts(ctx)
+                if a.device_id == device_id and access.sees_alert(row.owner, a.rule)
+            ],
+            "dead_letters": _dead_letters(ctx, device_id) if own else [],
+            "raw_messages": _raw_messages(ctx, device_id) if own else [],
         }
 
     return router
 
 
-def _latest(ctx: ApiContext, device_id: str, profile: str | None) -> list[dict[str, Any]]:
-    """The newest point of each series of the device, per measurement of its profile."""
-    now = ctx.clock_ms()
-    start = datetime.fromtimestamp((now - LATEST_LOOKBACK_MS) / 1000, UTC)
-    end = datetime.fromtimestamp((now + 3_600_000) / 1000, UTC)
+def _listed(ctx: ApiContext, access: Access, row: DeviceSummary) -> bool:
+    """Whether the caller's organisation sees this device in lists and details."""
+    measurements = [m.name for m in ctx.schema.values() if m.profile == row.profile]
+    return access.lists_device(row.owner, measurements)
+
+
+def _latest(
+    ctx: ApiContext, access: Access, device_id: str, profile: str | None, owner: str | None
+) -> list[dict[str, Any]]:
+    """The newest point of each series of the device, per measurement of its profile: the
+    fields the caller may see per device, as of the share's delay."""
     found: list[dict[str, Any]] = []
     for measurement in ctx.schema.values():
         if profile is not None and measurement.profile != profile:
             continue
+        delays = {}
+        for name in measurement.fields:
+            grant = access.grant(owner, measurement.name, name)
+            if grant is not None and grant.groups is None:
+                delays[name] = grant.delay_ms
+        if not delays:
+            continue
+        delay = max(delays.values())
+        now = ctx.clock_ms() - delay
+        start = datetime.fromtimestamp((now - LATEST_LOOKBACK_MS) / 1000, UTC)
+        # devices stamp a little ahead of the hub's clock; delayed data ends at the delay
+        end = datetime.fromtimestamp((now + (0 if delay else 3_600_000)) / 1000, UTC)
         # every piece goes through hub.api.influxql (identifiers, literals, times)
         query = (
             f"SELECT * FROM {ident(measurement.name)} "
@@ -250,7 +287,7 @@ def _latest(ctx: ApiContext, device_id: str, profile: str | None) -> list[dict[s
                     "measurement": measurement.name,
                     "tags": series.get("tags", {}),
                     "time": iso_ms(int(stamp)),
-                    "fields": {k: v for k, v in values.items() if v is not None},
+                    "fields": {k: v for k, v in values.items() if v is not None and k in delays},
                 }
             )
     return found
@@ -330,10 +367,12 @@ def _alerts(ctx: ApiContext) -> APIRouter:
         if state in ("resolved", "all"):
             alerts += list(engine.history)
         minimum = SEVERITY_RANK[severity] if severity else 0
+        access = ctx.access(key)
         chosen = [
             a
             for a in alerts
-            if SEVERITY_RANK[a.severity] >= minimum
+            if access.sees_alert(_owner(ctx, a.device_id), a.rule)
+            and SEVERITY_RANK[a.severity] >= minimum
             and (profile is None or a.profile == profile)
             and (zone is None or a.zone == zone)
             and (device_id is None or a.device_id == device_id)
@@ -351,6 +390,15 @@ def _alerts(ctx: ApiContext) -> APIRouter:
         if engine is None:
             raise HTTPException(503, "alerts are served by the hub process (hub run)")
         who = key.id if not body or not body.note else f"{key.id} ({body.note})"
+        access = ctx.access(key)
+        found = next((a for a in engine.open_alerts() if a.id == alert_id), None)
+        owner = _owner(ctx, found.device_id) if found is not None else None
+        if found is None or not access.sees_alert(owner, found.rule):
+            raise HTTPException(404, f"no open alert {alert_id!r}")
+        if not access.owns(owner):
+            raise HTTPException(
+                403, f"alert {alert_id!r} is on a device of {owner!r}: only its teams acknowledge"
+            )
         try:
             alert = engine.acknowledge(alert_id, who)
         except KeyError:

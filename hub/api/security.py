@@ -103,6 +103,10 @@ class ApiKeys:
                 raise ConfigError(f"HUB_API_KEYS entry {index}: {exc.errors()[0]['msg']}") from exc
         return cls(keys)
 
+    def organisations(self) -> set[str]:
+        """The organisations the keys belong to."""
+        return {key.org for key in self._by_hash.values()}
+
     def authenticate(self, token: str) -> ApiKey | None:
         """The key ``token`` belongs to, or ``None``."""
         hashed = digest(token)

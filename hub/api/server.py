@@ -37,7 +37,14 @@ class ApiServer:
             raise ConfigError(f"API cannot listen on {host}:{port}: {exc}") from exc
         self.port = int(self._socket.getsockname()[1])
         self.host = host
-        config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")
+        # a stream left open (a live feed client) must not hold a stop up for long
+        config = uvicorn.Config(
+            app,
+            log_level="warning",
+            access_log=False,
+            lifespan="off",
+            timeout_graceful_shutdown=5,
+        )
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._run, name="hub-api", daemon=True)
 

@@ -64,6 +64,7 @@ from hub.api.aggregates import (
     FUTURE_TOLERANCE_S,
     Window,
     check_buckets,
+    delayed,
     filter_values,
     format_interval,
     from_ms,
@@ -74,8 +75,11 @@ from hub.api.aggregates import (
 )
 from hub.api.context import ApiContext
 from hub.api.influxql import QueryInputError, any_of, duration, ident
+from hub.api.scope import Scope, scope_for
 from hub.api.security import ApiKey
+from hub.live import CONGESTION_PCT
 from hub.profiles.profile_set import MeasurementSchema
+from hub.sharing import Access
 
 PARKING = "parking_bay"
 LAMPS = "lighting_lamp"
@@ -85,7 +89,6 @@ CLASSES = ("car", "van", "truck", "bus", "moto", "bike")
 PARKING_SILENCE_S = 26 * 3_600
 LAMP_LOOKBACK_S = 2 * 3_600
 CONGESTION_LOOKBACK_S = 20 * 60
-CONGESTION_PCT = 35.0
 MAX_LOOKBACK_S = 7 * 86_400
 ENERGY_TZ = ZoneInfo("Europe/Rome")
 ENERGY_DEFAULT_DAYS = 7
@@ -120,9 +123,17 @@ def _needs(
     return schema
 
 
-def _latest_window(now_ms: int, lookback_s: int) -> Window:
-    """``[now - lookback, now + 5 min)``: the window of "newest value" views."""
+def _latest_window(now_ms: int, lookback_s: int, scope: Scope) -> Window:
+    """``[now - lookback, now + 5 min)``: the window of "newest value" views; with delayed
+    shared data, ``[now - delay - lookback, now - delay)``."""
+    if scope.delay_ms:
+        end = now_ms - scope.delay_ms
+        return Window(from_ms(end - lookback_s * 1000), from_ms(end))
     return Window(from_ms(now_ms - lookback_s * 1000), from_ms(now_ms + FUTURE_TOLERANCE_S * 1000))
+
+
+def _delayed(ctx: ApiContext, window: Window, scope: Scope) -> Window:
+    return delayed(window, ctx.clock_ms() - scope.delay_ms) if scope.delay_ms else window
 
 
 def _where(window: Window, filters: list[tuple[str, list[str]]]) -> str:
@@ -165,12 +176,16 @@ class _Occupancy:
             self.occupied[bay.zone] += sign
 
 
-def _occupancy_now(ctx: ApiContext, zone: list[str] | None, lookback: str) -> dict[str, Any]:
+def _occupancy_now(
+    ctx: ApiContext, access: Access, zone: list[str] | None, lookback: str
+) -> dict[str, Any]:
     schema = _needs(ctx, PARKING, ("occupied",))
     lookback_s = parse_interval("lookback", lookback, low_s=60, high_s=MAX_LOOKBACK_S)
     zones = filter_values("zone", zone or [])
+    scope = scope_for(ctx, access, PARKING, ("occupied",), ("zone",))
     now = ctx.clock_ms()
-    window = _latest_window(now, lookback_s)
+    window = _latest_window(now, lookback_s, scope)
+    now = min(now, window.end_ms)
     query = (
         f"SELECT last({ident('occupied')}) AS {ident('occupied')} FROM {ident(PARKING)} "
         f"WHERE {_where(window, [('zone', zones)])} "
@@ -180,6 +195,8 @@ def _occupancy_now(ctx: ApiContext, zone: list[str] | None, lookback: str) -> di
     for series in ctx.store.query(query):
         tags = series_tags(series)
         device = tags.get("device_id", "")
+        if not scope.allows(device):
+            continue
         for row in _rows(series):
             if row["occupied"] is None:
                 continue
@@ -193,7 +210,9 @@ def _occupancy_now(ctx: ApiContext, zone: list[str] | None, lookback: str) -> di
     listed = Counter(
         d.zone
         for d in ctx.inventory.devices.values()
-        if d.profile == schema.profile and (not zones or d.zone in zones)
+        if d.profile == schema.profile
+        and (not zones or d.zone in zones)
+        and scope.allows(d.device_id)
     )
     rows = [
         {
@@ -222,12 +241,18 @@ def _occupancy_now(ctx: ApiContext, zone: list[str] | None, lookback: str) -> di
 
 
 def _occupancy_history(
-    ctx: ApiContext, zone: list[str] | None, start: str | None, end: str | None, interval: str
+    ctx: ApiContext,
+    access: Access,
+    zone: list[str] | None,
+    start: str | None,
+    end: str | None,
+    interval: str,
 ) -> dict[str, Any]:
     _needs(ctx, PARKING, ("occupied",))
     interval_s = parse_interval("interval", interval, low_s=60)
     zones = filter_values("zone", zone or [])
-    window = request_window(ctx.clock_ms(), start, end)
+    scope = scope_for(ctx, access, PARKING, ("occupied",), ("zone",))
+    window = _delayed(ctx, request_window(ctx.clock_ms(), start, end), scope)
     buckets = check_buckets(window, interval_s)
     seed = Window(window.start - timedelta(seconds=PARKING_SILENCE_S), window.start)
     select = f"SELECT last({ident('occupied')}) AS {ident('occupied')} FROM {ident(PARKING)}"
@@ -245,6 +270,8 @@ def _occupancy_history(
     for answer, seeding in ((seeded, True), (bucketed, False)):
         for series in answer:
             series_tag = series_tags(series)
+            if not scope.allows(series_tag.get("device_id", "")):
+                continue
             for row in _rows(series):
                 if row["occupied"] is None:
                     continue
@@ -322,14 +349,25 @@ def _lamp_counts(lamps: list[_Lamp]) -> dict[str, int]:
 
 
 def _lighting_status(
-    ctx: ApiContext, cabinet_id: list[str] | None, zone: list[str] | None, lookback: str
+    ctx: ApiContext,
+    access: Access,
+    cabinet_id: list[str] | None,
+    zone: list[str] | None,
+    lookback: str,
 ) -> dict[str, Any]:
-    _needs(ctx, LAMPS, ("on", "fault_count", "faults"), ("cabinet_id",))
+    read = ("on", "fault_count", "faults")
+    _needs(ctx, LAMPS, read, ("cabinet_id",))
     lookback_s = parse_interval("lookback", lookback, low_s=600, high_s=MAX_LOOKBACK_S)
     cabinets = filter_values("cabinet_id", cabinet_id or [])
     zones = filter_values("zone", zone or [])
+    # counts per cabinet and zone may include lamps shared only in aggregate; the list of
+    # faulty lamps shows single lamps, so only those shared per device
+    counted = scope_for(ctx, access, LAMPS, read, ("cabinet_id", "zone"))
+    listed = scope_for(ctx, access, LAMPS, read, None)
+    scope = Scope(counted.devices, max(counted.delay_ms, listed.delay_ms))
     now = ctx.clock_ms()
-    window = _latest_window(now, lookback_s)
+    window = _latest_window(now, lookback_s, scope)
+    now = min(now, window.end_ms)
     # the newest row as a whole (not last() per field): faults are judged on the newest
     # message alone, not on an older message that still listed some
     query = (
@@ -354,6 +392,8 @@ def _lighting_status(
                 faults=codes,
                 faulty=bool(codes) or (isinstance(count, int | float) and count > 0),
             )
+            if not scope.allows(lamp.device_id):
+                continue
             known = newest.get(lamp.device_id)
             if known is None or lamp.time_ms > known.time_ms:
                 newest[lamp.device_id] = lamp
@@ -362,7 +402,10 @@ def _lighting_status(
     for lamp in newest.values():
         by_cabinet[lamp.cabinet_id].append(lamp)
         by_zone[lamp.zone].append(lamp)
-    faulty = sorted((lamp for lamp in newest.values() if lamp.faulty), key=lambda x: x.device_id)
+    faulty = sorted(
+        (lamp for lamp in newest.values() if lamp.faulty and listed.allows(lamp.device_id)),
+        key=lambda x: x.device_id,
+    )
     return {
         "at": iso(now),
         "lookback": format_interval(lookback_s),
@@ -422,6 +465,7 @@ def _energy_days(now_ms: int, start: str | None, end: str | None) -> tuple[Windo
 
 def _lighting_energy(
     ctx: ApiContext,
+    access: Access,
     group: Literal["cabinet", "zone"],
     start: str | None,
     end: str | None,
@@ -433,9 +477,14 @@ def _lighting_energy(
     cabinets = filter_values("cabinet_id", cabinet_id or [])
     zones = filter_values("zone", zone or [])
     key = "cabinet_id" if group == "cabinet" else "zone"
+    grain = {key, *(["cabinet_id"] if cabinets else []), *(["zone"] if zones else [])}
+    scope = scope_for(ctx, access, LAMPS, ("energy_wh",), grain)
     # readings before the first day are read only as the "previous reading" of the first ones
-    read = Window(window.start - timedelta(seconds=ENERGY_SEED_S), window.end)
+    read = _delayed(ctx, Window(window.start - timedelta(seconds=ENERGY_SEED_S), window.end), scope)
     where = _where(read, [("cabinet_id", cabinets), ("zone", zones)])
+    visible = scope.condition()
+    if visible is not None:
+        where = f"{where} AND {visible}"
     hour = f"time({duration(HOUR_S)})"
 
     def hourly(function: str, condition: str) -> str:
@@ -535,16 +584,23 @@ def _replay_fallen_lamps(
 
 
 def _traffic_flows(
-    ctx: ApiContext, site: list[str] | None, start: str | None, end: str | None
+    ctx: ApiContext, access: Access, site: list[str] | None, start: str | None, end: str | None
 ) -> dict[str, Any]:
-    _needs(ctx, TRAFFIC, ("vehicles", *CLASSES, "speed_avg_kmh"), ("lane", "direction"))
+    read = ("vehicles", *CLASSES, "speed_avg_kmh")
+    _needs(ctx, TRAFFIC, read, ("lane", "direction"))
     sites = filter_values("site", site or [])
     window = request_window(
         ctx.clock_ms(), start, end, default_span_s=FLOWS_DEFAULT_S, max_span_s=FLOWS_MAX_S
     )
     check_buckets(window, HOUR_S)
+    scope = scope_for(ctx, access, TRAFFIC, read, None)
+    window = _delayed(ctx, window, scope)
     counts = ("vehicles", *CLASSES)
     lane_tags = f"{ident('device_id')}, {ident('lane')}, {ident('direction')}"
+    if scope.devices is not None:
+        sites = scope.filter(sites) if sites else sorted(scope.devices)
+        if not sites:
+            return {**window.to_json(), "interval": "1h", "series": []}
     where = _where(window, [("device_id", sites)])
     group = f"GROUP BY time({duration(HOUR_S)}), {lane_tags} fill(none)"
     sums = ", ".join(f"sum({ident(c)}) AS {ident(c)}" for c in counts)
@@ -591,10 +647,12 @@ def _traffic_flows(
     return {**window.to_json(), "interval": "1h", "series": lanes}
 
 
-def _traffic_congestion(ctx: ApiContext, threshold_pct: float) -> dict[str, Any]:
+def _traffic_congestion(ctx: ApiContext, access: Access, threshold_pct: float) -> dict[str, Any]:
     _needs(ctx, TRAFFIC, ("occupancy_pct",), ("lane", "direction"))
+    scope = scope_for(ctx, access, TRAFFIC, ("occupancy_pct",), None)
     now = ctx.clock_ms()
-    window = _latest_window(now, CONGESTION_LOOKBACK_S)
+    window = _latest_window(now, CONGESTION_LOOKBACK_S, scope)
+    now = min(now, window.end_ms)
     query = (
         f"SELECT {ident('occupancy_pct')} FROM {ident(TRAFFIC)} WHERE {window.where()} "
         f"GROUP BY {ident('device_id')}, {ident('lane')}, {ident('direction')}, {ident('zone')} "
@@ -607,6 +665,8 @@ def _traffic_congestion(ctx: ApiContext, threshold_pct: float) -> dict[str, Any]
             if row["occupancy_pct"] is None:
                 continue
             lane = (tags.get("device_id", ""), tags.get("lane", ""))
+            if not scope.allows(lane[0]):
+                continue
             known = newest.get(lane)
             if known is None or int(row["time"]) > known["time_ms"]:
                 newest[lane] = {
@@ -655,7 +715,7 @@ def router(ctx: ApiContext) -> APIRouter:
         silence window); ``total`` counts the bays that reported in it, ``inventory_bays``
         the inventory's parking devices of the zone.
         """
-        return _occupancy_now(ctx, zone, lookback)
+        return _occupancy_now(ctx, ctx.access(key), zone, lookback)
 
     @api.get("/parking/occupancy/history")
     def parking_occupancy_history(
@@ -674,7 +734,7 @@ def router(ctx: ApiContext) -> APIRouter:
         start). Every bucket of the (epoch-aligned) grid is listed; ``percent`` is null when
         no bay counts.
         """
-        return _occupancy_history(ctx, zone, start, end, interval)
+        return _occupancy_history(ctx, ctx.access(key), zone, start, end, interval)
 
     @api.get("/lighting/status")
     def lighting_status(
@@ -690,7 +750,7 @@ def router(ctx: ApiContext) -> APIRouter:
         ``on + off = total``; ``faulty`` (fault_count > 0 or faults listed in the newest
         message) overlaps them. Lamps silent for the whole lookback are not counted.
         """
-        return _lighting_status(ctx, cabinet_id, zone, lookback)
+        return _lighting_status(ctx, ctx.access(key), cabinet_id, zone, lookback)
 
     @api.get("/lighting/energy")
     def lighting_energy(
@@ -716,7 +776,7 @@ def router(ctx: ApiContext) -> APIRouter:
         the reading itself. Default: the last 7 days, today included; at most 31 days. A day
         without readings is null.
         """
-        return _lighting_energy(ctx, group, start, end, cabinet_id, zone)
+        return _lighting_energy(ctx, ctx.access(key), group, start, end, cabinet_id, zone)
 
     @api.get("/traffic/flows")
     def traffic_flows(
@@ -732,7 +792,7 @@ def router(ctx: ApiContext) -> APIRouter:
         ``speed_avg_kmh`` is weighted by vehicles: sum(speed_avg_kmh * vehicles) /
         sum(vehicles) over the hour's intervals (null without vehicles). At most 31 days.
         """
-        return _traffic_flows(ctx, site, start, end)
+        return _traffic_flows(ctx, ctx.access(key), site, start, end)
 
     @api.get("/traffic/congestion")
     def traffic_congestion(
@@ -742,6 +802,6 @@ def router(ctx: ApiContext) -> APIRouter:
         ] = CONGESTION_PCT,
     ) -> dict[str, Any]:
         """Lanes whose newest occupancy of the last 20 minutes is above the threshold (35 %)."""
-        return _traffic_congestion(ctx, threshold_pct)
+        return _traffic_congestion(ctx, ctx.access(key), threshold_pct)
 
     return api
