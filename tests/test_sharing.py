@@ -235,3 +235,19 @@ def test_zone_changes_fold_many_changes_into_one_event_per_zone() -> None:
     assert changes.flush() == 2
     counts = {e.data["zone"]: e.data["count"] for e in feed.after(3)}
     assert counts == {"centro": 26, "stazione": 2}
+
+
+def test_the_example_policy_is_valid_for_the_built_in_profiles_and_the_simulated_fleet() -> None:
+    from hub.profiles.profile_set import ProfileSet  # noqa: PLC0415
+    from hub.simulate.fleet import Fleet, FleetSpec  # noqa: PLC0415
+
+    root = Path(__file__).resolve().parent.parent
+    schema = ProfileSet.load(root / "device_profiles").schema()
+    example = Policy.load(
+        root / "sharing.example.yaml", {n: list(m.fields) for n, m in schema.items()}
+    )
+    fleet = Fleet(FleetSpec(parking_bays=20, cabinets=2, lamps_per_cabinet=3, traffic_sites=10))
+    example.check_members("simulated inventory", {row.owner for row in fleet.devices()})
+    gida = example.access("gida")
+    assert gida.grant("citelum", "lighting_lamp", "power_w") is None
+    assert gida.grant("citelum", "lighting_lamp", "energy_wh") is not None

@@ -29,6 +29,8 @@ def event_point(event: AlertEvent) -> Point:
     }
     tags.update({k: v for k, v in alert.series.items() if k not in tags})
     fields = {"message": alert.message, "alert_id": alert.id}
+    if alert.explained_by and alert.explained_by.get("id"):
+        fields["explained_by"] = str(alert.explained_by["id"])
     return Point(MEASUREMENT, {k: v for k, v in tags.items() if v}, dict(fields), event.at_ms)
 
 

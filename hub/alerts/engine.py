@@ -51,6 +51,8 @@ log = logging.getLogger(__name__)
 
 Key = tuple[str, str, tuple[tuple[str, str], ...]]  # (profile.rule, device_id, series)
 EventSink = Callable[[AlertEvent], None]
+# what probably explains an alert as it fires (an intervention under way), or None
+Explainer = Callable[[Alert], dict[str, Any] | None]
 STATE_VERSION = 1
 PENDING_SAVE_S = 1.0
 SEEN_SAVE_S = 5.0
@@ -92,6 +94,7 @@ class AlertEngine:
         tick_s: float = 1.0,
         queue_size: int = 1_000,
         history_size: int = 1_000,
+        explain: Explainer | None = None,
     ) -> None:
         self._rules = list(rules)
         self._by_measurement: dict[str, list[CompiledRule]] = {}
@@ -106,6 +109,7 @@ class AlertEngine:
         self._rule_by_key = {rule.key: rule for rule in self._rules}
         self._inventory = inventory
         self._sink = sink
+        self._explain = explain
         self._metrics = metrics
         self._clock = clock_ms
         self._state_path = state_path
@@ -227,6 +231,11 @@ class AlertEngine:
             fired_ms=now,
             values=values,
         )
+        if self._explain is not None:
+            try:
+                alert.explained_by = self._explain(alert)
+            except Exception:  # an explanation is a courtesy: never lose the alert over it
+                log.exception("explaining alert %s failed", alert.id)
         self._open[key] = alert
         self._metrics.inc(
             "alerts_fired_total",

@@ -45,6 +45,9 @@ class Alert:
     acknowledged_ms: int | None = None
     flaps: int = 0  # re-fires within the flap window, folded into this alert
     values: dict[str, Any] = field(default_factory=dict)
+    # the intervention under way where and when the alert fired, which probably explains it:
+    # {"id", "owner", "kind", "title", "status"}; None when none does
+    explained_by: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready view with ISO times (what notifications and the API carry)."""

@@ -65,6 +65,15 @@ def body(event: AlertEvent) -> str:
         )
     if alert.flaps:
         rows.append(("Flaps", str(alert.flaps)))
+    if alert.explained_by:
+        why = alert.explained_by
+        rows.append(
+            (
+                "Probably",
+                f"explained by {why.get('owner')}'s {why.get('kind')} "
+                f"{why.get('title')!r} ({why.get('id')}, {why.get('status')})",
+            )
+        )
     rows.append(("Alert id", alert.id))
     facts = "\n".join(f"{label + ':':<14}{value}" for label, value in rows)
     data = orjson.dumps(event.to_json(), option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS)
