@@ -69,6 +69,11 @@ DEVICE_TOPICS: tuple[str, ...] = (
 )
 
 
+# The organisations' interventions and events (JSON), which the hub stores; each organisation
+# publishes on its own ``situation/{org}/events`` (``hub broker sharing-acl``).
+SITUATION_READ = "topic read situation/+/events"
+
+
 @dataclass(frozen=True)
 class AccountKind:
     """What one kind of account may do: its ACL rules, ``{name}`` standing for the account."""
@@ -119,6 +124,7 @@ ROLES: dict[str, AccountKind] = {
         "the hub: reads every device topic, publishes alerts and dead letters",
         (
             *(f"topic read {topic}" for topic in DEVICE_TOPICS),
+            SITUATION_READ,
             "topic write hub/alerts/#",
             "topic write hub/deadletter/#",
         ),
@@ -128,7 +134,11 @@ ROLES: dict[str, AccountKind] = {
     "consumer": AccountKind(
         "consumer",
         "read-only consumer (Situation Room): device topics and alerts",
-        (*(f"topic read {topic}" for topic in DEVICE_TOPICS), "topic read hub/alerts/#"),
+        (
+            *(f"topic read {topic}" for topic in DEVICE_TOPICS),
+            "topic read hub/alerts/#",
+            SITUATION_READ,
+        ),
     ),
     # The compose healthcheck subscribes to this one topic and exits on the SUBACK.
     "healthcheck": AccountKind(
