@@ -4,6 +4,7 @@
     ├── ConfigError            bad settings or inventory; stops start-up
     │   └── ProfileError       a device profile file is wrong (file, key, reason)
     ├── DecodeError            a payload does not match its profile -> dead letter (reason code)
+    │   └── InterventionError  an intervention message is invalid (hub.interventions.model)
     ├── StoreError             InfluxDB said no, classified by what to do next
     │   ├── StoreUnavailable   connection error, 5xx, 429: retry after a delay
     │   └── StoreRejected      400/422: the points are invalid; drop them and count

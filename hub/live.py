@@ -36,6 +36,8 @@ from typing import Any
 from hub.sharing import Access
 
 Audience = Callable[[Access], bool]
+# what one organisation is shown of an event's data (e.g. details it may not see left out)
+Shape = Callable[[Access, dict[str, Any]], dict[str, Any]]
 REPLAY_SIZE = 10_000
 # a lane is congested above this occupancy (the contract's congestion rule; the API's
 # congestion view uses the same number)
@@ -56,6 +58,11 @@ class LiveEvent:
     kind: str
     data: dict[str, Any]
     audience: Audience
+    shape: Shape | None = None
+
+    def view(self, access: Access) -> dict[str, Any]:
+        """The data as ``access``'s organisation is shown it."""
+        return self.shape(access, self.data) if self.shape is not None else self.data
 
     @property
     def id(self) -> str:
@@ -103,10 +110,16 @@ class LiveFeed:
         """The sequence number of the newest event (0 before the first)."""
         return self._last
 
-    def publish(self, kind: str, data: dict[str, Any], audience: Audience = everyone) -> LiveEvent:
+    def publish(
+        self,
+        kind: str,
+        data: dict[str, Any],
+        audience: Audience = everyone,
+        shape: Shape | None = None,
+    ) -> LiveEvent:
         """Add an event and wake the streams; safe from any thread, never blocks for long."""
         with self._lock:
-            event = LiveEvent(next(self._seq), self.epoch, kind, data, audience)
+            event = LiveEvent(next(self._seq), self.epoch, kind, data, audience, shape)
             self._ring.append(event)
             self._last = event.seq
             waiters = list(self._waiters)

@@ -34,13 +34,21 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from hub.alerts.annotations import AlertEventStore
 from hub.alerts.engine import AlertEngine
-from hub.alerts.model import AlertEvent
+from hub.alerts.model import Alert, AlertEvent, explanation_for
 from hub.alerts.rules import compile_rule
 from hub.errors import StoreError
 from hub.ingest.mqtt import MqttLink, wall_clock_ms
+from hub.interventions import (
+    Intervention,
+    InterventionError,
+    InterventionStore,
+    annotation_line,
+    explaining,
+)
 from hub.inventory import DeviceRegistry, Inventory
 from hub.live import ZONE_MEASURES, LiveFeed, ZoneMeasure, ZoneWatch
 from hub.metrics import Metrics
@@ -50,7 +58,7 @@ from hub.notify.config import load_notify_config
 from hub.notify.dispatch import Dispatcher
 from hub.profiles.profile_set import ProfileSet
 from hub.settings import Settings
-from hub.sharing import Access, Policy
+from hub.sharing import Access, Policy, access_for
 from hub.storage import lineprotocol
 from hub.storage.influx import InfluxClient
 from hub.storage.spool import Spool
@@ -65,6 +73,10 @@ RAW_PAYLOAD_CAP = 2_048
 ALERT_CHUNK = 500
 ALERT_CHUNK_S = 0.02
 INBOX_FULL_WAIT_S = 0.001
+# the organisations' interventions and events (hub.interventions), one topic per organisation
+SITUATION_TOPIC = "situation/+/events"
+INTERVENTIONS = "interventions"  # their profile name in dead letters and metrics
+ANNOTATIONS_PENDING_MAX = 10_000
 LIVE_FLUSH_S = 0.2  # zone counts: how often changed ones are published (each at most 1/s)
 
 
@@ -119,6 +131,16 @@ class Hub:
             self._measurements_of.setdefault(schema.profile, []).append(name)
         self.devices = DeviceRegistry(on_change=self._device_changed)
         self.zones = ZoneWatch(self.live, ZONE_MEASURES, self.owner_of, _zone_audience)
+        # interventions: SQLite is their record; each change goes to the live feed and, as an
+        # annotation point, to InfluxDB (written by the side thread, retried until it lands)
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        self.interventions = InterventionStore(
+            settings.data_dir / "interventions.sqlite", clock_ms=clock_ms
+        )
+        self._annotations: collections.deque[str] = collections.deque(
+            maxlen=ANNOTATIONS_PENDING_MAX
+        )
+        self.interventions.listen(self._intervention_changed)
         self.tuning = Tuning(
             batch_size=settings.batch_size,
             flush_interval_s=settings.flush_interval_s,
@@ -192,6 +214,7 @@ class Hub:
             state_path=settings.data_dir / "alerts.json",
             startup_grace_ms=int(settings.alert_startup_grace_s * 1000),
             tick_s=settings.alert_tick_s,
+            explain=self._explain,
         )
         # decoded messages for the alert engine, handed over in chunks: one queue operation
         # per chunk instead of per message, at most ALERT_CHUNK_S late
@@ -230,7 +253,13 @@ class Hub:
 
     def decode_into(self, message: RawMessage, batch: Batch) -> None:
         """Decode one message into ``batch`` (points, dead letter or ack-only)."""
-        result = self.profiles.decode(message)
+        if message.topic.startswith("situation/"):
+            result: Decoded | DeadLetter | None = self._situation_message(message)
+            if result is None:
+                batch.no_points.append(message)  # stored in SQLite: ack with the batch
+                return
+        else:
+            result = self.profiles.decode(message)
         if not isinstance(result, Decoded):
             batch.dead.append(result)
             self.dead_letters.append(result)
@@ -324,6 +353,79 @@ class Hub:
             self.alerts.offer_many(self._alert_chunk)
             self._alert_chunk = []
 
+    # -- interventions ------------------------------------------------------------------------
+
+    def _situation_message(self, message: RawMessage) -> DeadLetter | None:
+        """Store an intervention published on ``situation/{org}/events``; a dead letter
+        (profile ``interventions``) when it cannot be stored."""
+        levels = message.topic.split("/")
+        org = levels[1] if len(levels) == 3 and levels[2] == "events" else ""
+        if not org:
+            return DeadLetter(
+                INTERVENTIONS, "bad_topic", "expected situation/{org}/events", message
+            )
+        if self.policy is not None and org not in self.policy.organisations:
+            return DeadLetter(
+                INTERVENTIONS,
+                "unknown_organisation",
+                f"{org!r} is not an organisation of the sharing policy",
+                message,
+            )
+        try:
+            self.interventions.apply(org, message.payload, source=f"mqtt:{message.topic}")
+        except InterventionError as exc:
+            return DeadLetter(INTERVENTIONS, exc.reason, exc.detail, message)
+        self.metrics.inc("interventions_stored_total", source="mqtt")
+        return None
+
+    def _intervention_changed(self, item: Intervention) -> None:
+        """A stored change (from MQTT or the API): live feed and annotation point."""
+        owner = item.owner
+        self.live.publish(
+            "intervention", item.to_json(), lambda access: access.sees_interventions(owner)
+        )
+        self._annotations.append(annotation_line(item))
+
+    def _write_annotations(self, store: InfluxClient) -> None:
+        """Write the pending annotation points; on failure keep them for the next round."""
+        if not self._annotations:
+            return
+        lines = list(self._annotations)
+        try:
+            store.write("\n".join(lines))
+        except StoreError as exc:
+            self.metrics.inc("annotation_write_failures_total")
+            log.debug("intervention annotations not written yet: %s", exc)
+            return
+        for _ in lines:
+            self._annotations.popleft()
+
+    def _explain(self, alert: Alert) -> dict[str, Any] | None:
+        """The intervention under way where the alert fired, among those the device's owner
+        may see (the alert engine marks the alert with it)."""
+        owner = self.owner_of(alert.device_id)
+        candidates = self.interventions.active_at(alert.fired_ms)
+        if owner is not None:  # a device without owner: any intervention may explain it
+            access = access_for(self.policy, owner)
+            candidates = [c for c in candidates if access.sees_interventions(c.owner)]
+        listed = self.inventory.devices.get(alert.device_id)
+        found = explaining(
+            candidates,
+            alert.zone,
+            listed.lat if listed is not None else None,
+            listed.lon if listed is not None else None,
+            alert.fired_ms,
+        )
+        if found is None:
+            return None
+        return {
+            "id": found.id,
+            "owner": found.owner,
+            "kind": found.kind,
+            "title": found.title,
+            "status": found.status,
+        }
+
     # -- the live feed ------------------------------------------------------------------------
 
     def owner_of(self, device_id: str) -> str | None:
@@ -361,6 +463,7 @@ class Hub:
             "alert",
             {**event.to_json(), "owner": owner},
             lambda access: access.sees_alert(owner, rule),
+            explanation_for,
         )
         if (alert.profile, rule) in self._silence_rules and event.kind != "acknowledged":
             silent = event.kind == "fired"
@@ -371,10 +474,21 @@ class Hub:
                 f"silent for rule {rule}" if silent else "spoke again",
             )
 
-    def _live_loop(self, interval_s: float) -> None:
-        while not self._stats_stop.wait(interval_s):
-            self.zones.flush()
-        self.zones.flush(force=True)
+    def _side_loop(self, interval_s: float) -> None:
+        """Zone counts to the live feed, intervention annotations to InfluxDB."""
+        store = make_store(self.settings)
+        try:
+            # the store is the record: rewrite what is current (same series and time: one
+            # point), so annotations lost with a crash come back
+            for item in self.interventions.list(status=["planned", "active"], limit=1_000):
+                self._annotations.append(annotation_line(item))
+            while not self._stats_stop.wait(interval_s):
+                self.zones.flush()
+                self._write_annotations(store)
+            self.zones.flush(force=True)
+            self._write_annotations(store)
+        finally:
+            store.close()
 
     # -- writer stage -------------------------------------------------------------------------
 
@@ -438,7 +552,7 @@ class Hub:
             thread.start()
             self._threads.append(thread)
         live = threading.Thread(
-            target=self._live_loop, args=(LIVE_FLUSH_S,), name="hub-live", daemon=True
+            target=self._side_loop, args=(LIVE_FLUSH_S,), name="hub-side", daemon=True
         )
         live.start()
         self._live_thread = live
@@ -451,7 +565,9 @@ class Hub:
             )
             stats.start()
             self._stats_thread = stats
-        self.link.start(self.profiles.subscriptions, self.settings.mqtt_qos, self._receive)
+        self.link.start(
+            [*self.profiles.subscriptions, SITUATION_TOPIC], self.settings.mqtt_qos, self._receive
+        )
         self.link.wait_connected(connect_timeout_s)
         log.info(
             "hub running: %d profiles, %d subscriptions, %d inventory devices",
@@ -484,6 +600,7 @@ class Hub:
             self.replayer.join(10)
         if self.spool is not None:
             self.spool.close()
+        self.interventions.close()
         self.link.stop()
         self.store.close()
         log.info("hub stopped: %d messages received", self.received)

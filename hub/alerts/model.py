@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Literal, cast
+from typing import TYPE_CHECKING, Any, Literal, cast
+
+if TYPE_CHECKING:
+    from hub.sharing import Access
 
 Severity = Literal["info", "warning", "major", "critical"]
 SEVERITY_RANK: dict[str, int] = {"info": 0, "warning": 1, "major": 2, "critical": 3}
@@ -16,6 +19,15 @@ def parse_iso_ms(text: str | None) -> int | None:
     if text is None:
         return None
     return round(datetime.fromisoformat(text).timestamp() * 1000)
+
+
+def explanation_for(access: Access, body: dict[str, Any]) -> dict[str, Any]:
+    """An alert's JSON as ``access``'s organisation is shown it: the intervention that
+    explains it is named only to those who may see that owner's interventions."""
+    why = body.get("explained_by")
+    if why and not access.sees_interventions(str(why.get("owner", ""))):
+        return {**body, "explained_by": {"restricted": True}}
+    return body
 
 
 def iso_ms(epoch_ms: int | None) -> str | None:

@@ -21,8 +21,8 @@ from pydantic import BaseModel, Field
 
 from hub import __version__
 from hub.alerts.engine import AlertEngine
-from hub.alerts.model import SEVERITY_RANK, Alert, iso_ms
-from hub.api import aggregates, live, views
+from hub.alerts.model import SEVERITY_RANK, Alert, explanation_for, iso_ms
+from hub.api import aggregates, interventions, live, views
 from hub.api.context import ApiContext
 from hub.api.influxql import QueryInputError, equals, ident, time_range
 from hub.api.security import ApiKey
@@ -83,6 +83,7 @@ def create_app(ctx: ApiContext) -> FastAPI:
     app.include_router(aggregates.router(ctx))
     app.include_router(views.router(ctx))
     app.include_router(live.router(ctx))
+    app.include_router(interventions.router(ctx))
     return app
 
 
@@ -235,7 +236,7 @@ def _devices(ctx: ApiContext) -> APIRouter:
             "time_problems": observed.time_problems if observed else {},
             "latest": _latest(ctx, access, device_id, row.profile, row.owner),
             "open_alerts": [
-                a.to_json()
+                explanation_for(access, a.to_json())
                 for a in _engine_alerts(ctx)
                 if a.device_id == device_id and access.sees_alert(row.owner, a.rule)
             ],
@@ -379,7 +380,10 @@ def _alerts(ctx: ApiContext) -> APIRouter:
             and (rule is None or a.rule == rule)
         ]
         chosen.sort(key=lambda a: a.fired_ms, reverse=True)
-        return {"total": len(chosen), "alerts": [a.to_json() for a in chosen[:limit]]}
+        return {
+            "total": len(chosen),
+            "alerts": [explanation_for(access, a.to_json()) for a in chosen[:limit]],
+        }
 
     @router.post("/{alert_id}/ack")
     def acknowledge(
@@ -403,6 +407,6 @@ def _alerts(ctx: ApiContext) -> APIRouter:
             alert = engine.acknowledge(alert_id, who)
         except KeyError:
             raise HTTPException(404, f"no open alert {alert_id!r}") from None
-        return alert.to_json()
+        return explanation_for(access, alert.to_json())
 
     return router

@@ -17,6 +17,7 @@ from hub.sharing import Access, Policy, access_for
 from hub.storage.influx import InfluxClient
 
 if TYPE_CHECKING:  # the API may run without ingest (``hub api``): then there is no Hub
+    from hub.interventions.store import InterventionStore
     from hub.pipeline import Hub
 
 
@@ -33,10 +34,13 @@ class ApiContext:
     clock_ms: Callable[[], int]
     hub: Hub | None = None
     policy: Policy | None = None
+    interventions: InterventionStore | None = None
     schema: dict[str, MeasurementSchema] = field(init=False)
 
     def __post_init__(self) -> None:
         self.schema = self.profiles.schema()
+        if self.interventions is None and self.hub is not None:
+            self.interventions = self.hub.interventions
 
     def requires(self, role: Role) -> Callable[..., ApiKey]:
         """A FastAPI dependency: the caller's key, which must have at least ``role``.

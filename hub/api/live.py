@@ -67,7 +67,7 @@ async def _stream(
             )
         for event in replay.events:
             if event.seq <= seq and _shown(event, access, kinds):
-                yield _frame(event.id, event.kind, event.data)
+                yield _frame(event.id, event.kind, event.view(access))
         yield b": connected\n\n"
         while not feed.closed:
             waiter.event.clear()
@@ -75,7 +75,7 @@ async def _stream(
             for event in events:
                 seq = event.seq
                 if _shown(event, access, kinds):
-                    yield _frame(event.id, event.kind, event.data)
+                    yield _frame(event.id, event.kind, event.view(access))
             if events:
                 continue
             try:

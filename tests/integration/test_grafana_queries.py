@@ -419,6 +419,23 @@ def _fill(
     messages += [_interval_payload(m) for m in INTERVALS]
     messages += [_health_payload(*h) for h in HEALTH]
     messages.append(("citelum/prato/PO-QE-118/status", b"offline"))
+    # works under way in the chosen zone, for the intervention annotations
+    messages.append(
+        (
+            "situation/comune/events",
+            orjson.dumps(
+                {
+                    "id": "comune:grafana-test",
+                    "kind": "roadworks",
+                    "title": "Lavori in via Roma",
+                    "zone": CENTRO,
+                    "status": "active",
+                    "planned_start": _iso(NOW - 3 * HOUR),
+                    "planned_end": _iso(NOW + 2 * HOUR),
+                }
+            ),
+        )
+    )
     for topic, payload in messages:
         probe.publish(topic, payload)
 
@@ -431,6 +448,7 @@ def _fill(
         ("traffic_lane", "vehicles", lanes),
         ("traffic_health", "supply_v", len(HEALTH)),
         ("device_status", "online", 3),
+        ("intervention", "version", 1),
     ]
     for measurement, field_name, count in expected:
 

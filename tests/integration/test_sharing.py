@@ -503,3 +503,123 @@ def test_live_feed_resumes_after_a_reconnect_without_gaps(seeded: Seeded, live_a
     wait_until(lambda: stale.events, 5, "reset event")
     assert stale.events[0][1] == "reset"
     stale.stop()
+
+
+# --- interventions ---------------------------------------------------------------------------
+
+
+def _intervention(**fields: Any) -> bytes:
+    return orjson.dumps(fields)
+
+
+def test_interventions_over_mqtt_reach_the_api_feed_and_grafana_and_explain_alerts(
+    seeded: Seeded, live_api: str, mqtt_probe: Callable[..., MqttProbe]
+) -> None:
+    hub = seeded.harness.hub
+    gida_feed = SseClient(live_api, TOKENS["gida"]).start()
+    comune_feed = SseClient(live_api, TOKENS["comune"]).start()
+    notifications = mqtt_probe("hub/alerts/#")
+    window = {"planned_start": _iso(T0 - 60 * MIN), "planned_end": _iso(T0 + 4 * 60 * MIN)}
+    # Citelum replaces lamps in centro (shared with everyone); Gida repairs a main in
+    # san-paolo (shared with nobody); a message of an organisation the policy does not list
+    seeded.probe.publish(
+        "situation/citelum/events",
+        _intervention(
+            id="citelum:led-centro",
+            kind="lamp_replacement",
+            title="Sostituzione lampade LED",
+            zone="centro",
+            status="active",
+            **window,
+        ),
+    )
+    seeded.probe.publish(
+        "situation/gida/events",
+        _intervention(
+            id="gida:condotta",
+            kind="water_main_repair",
+            title="Rottura condotta",
+            zone="san-paolo",
+            status="active",
+            **window,
+        ),
+    )
+    seeded.probe.publish("situation/acme/events", _intervention(id="acme:x"))
+    wait_until(
+        lambda: (
+            hub.interventions.get("gida:condotta") is not None
+            and hub.interventions.get("citelum:led-centro") is not None
+        ),
+        10,
+        "interventions stored",
+    )
+    wait_until(
+        lambda: any(d.profile == "interventions" for d in hub.dead_letters), 10, "dead letter"
+    )
+    assert {d.reason for d in hub.dead_letters if d.profile == "interventions"} == {
+        "unknown_organisation"
+    }
+
+    def listed(org: str) -> set[str]:
+        response = seeded.get(org, "/api/v1/interventions")
+        assert response.status_code == 200, response.text
+        return {i["id"] for i in response.json()["interventions"]}
+
+    assert listed("gida") == {"gida:condotta", "citelum:led-centro"}
+    assert listed("comune") == {"citelum:led-centro"}
+    assert listed("citelum") == {"citelum:led-centro"}
+    assert seeded.get("comune", "/api/v1/interventions/gida:condotta").status_code == 404
+
+    # the live feed: each organisation gets the changes it may see
+    wait_until(lambda: len(gida_feed.of("intervention")) == 2, 5, "Gida's feed")
+    wait_until(lambda: comune_feed.of("intervention"), 5, "the Comune's feed")
+    assert [i["id"] for i in comune_feed.of("intervention")] == ["citelum:led-centro"]
+
+    # Grafana: the dashboards' annotation query finds the works as a region
+    from tests.integration.test_interventions_grafana import (  # noqa: PLC0415
+        dashboard_annotations,
+        regions,
+        rows,
+    )
+
+    lighting = next(a for a in dashboard_annotations() if a.dashboard == "lighting.json")
+    values = dict.fromkeys(lighting.variables, "") | {"zone": "centro"}
+    wait_until(
+        lambda: (
+            "citelum:led-centro" in regions(lighting, rows(seeded.harness.influx, lighting, values))
+        ),
+        10,
+        "annotation stored",
+    )
+    found = regions(lighting, rows(seeded.harness.influx, lighting, values))["citelum:led-centro"]
+    assert found["text"].startswith("Sostituzione lampade LED")
+
+    # alerts under way in the works' zone and time are marked as explained by them
+    seeded.probe.publish(*lamp("PO-LP-7-02", T0 - 3 * MIN, faults=("DRIVER_FAILURE",)))
+    seeded.probe.publish(*_health("PO-TC-017", T0 - 3 * MIN, supply_v=11.0))
+
+    def alert(device: str) -> dict[str, Any] | None:
+        body = seeded.get("comune", "/api/v1/alerts", device_id=device).json()
+        return next(iter(body["alerts"]), None)
+
+    wait_until(lambda: alert("PO-LP-7-02") and alert("PO-TC-017"), 10, "both alerts")
+    explained = alert("PO-LP-7-02")
+    assert explained is not None
+    assert explained["explained_by"]["id"] == "citelum:led-centro"
+    # Gida's works in san-paolo are not shared with the Comune, owner of the counter there
+    low_supply = alert("PO-TC-017")
+    assert low_supply is not None
+    assert low_supply["explained_by"] is None
+    # the notification says so too
+    wait_until(
+        lambda: any(b"citelum:led-centro" in m.payload for m in notifications.messages()),
+        5,
+        "notification with the explanation",
+    )
+    gida_feed.stop()
+    comune_feed.stop()
+
+
+def _health(site: str, at: int, supply_v: float) -> tuple[str, bytes]:
+    body = {"ts": at, "supply_v": supply_v, "temp_c": 20.0, "door": "closed", "lane_faults": []}
+    return f"traffic/{site}/health", orjson.dumps(body)
