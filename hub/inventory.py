@@ -113,9 +113,9 @@ OnlineChange = Callable[[str, str, bool, str], None]  # device, profile, online,
 class DeviceRegistry:
     """Devices seen since start: last seen, registered or not, timestamp problems.
 
-    ``on_change`` (optional) hears of a device's first message since start (online, "first
-    message") and of every change of its reported ``device_status.online``; it runs on the
-    decode thread, so it must be quick.
+    ``on_change`` (optional) hears of every change of a device's reported
+    ``device_status.online``, and of a first message since start that reports it offline; it
+    runs on the decode thread, so it must be quick.
     """
 
     def __init__(self, on_change: OnlineChange | None = None) -> None:
@@ -145,8 +145,11 @@ class DeviceRegistry:
                         if seen.online is not online and not first:
                             changes.append((online, "device status"))
                         seen.online = online
-            if first:
-                changes.append((seen.online is not False, "first message"))
+            if first and seen.online is False:
+                # a first message saying "offline" (a gateway's retained will at start-up);
+                # a device's first message otherwise is no change worth a live event: after a
+                # restart every device sends one
+                changes.append((False, "first message"))
         if self._on_change is not None:
             for online, why in changes:
                 self._on_change(decoded.device_id, decoded.profile, online, why)

@@ -14,9 +14,15 @@
           v
       ack every message of the batch to the broker
 
-    decode thread --offer--> [alert queue] --> alert engine thread (rules, timers, state)
+    decode thread --offer--> [alert queue] --> alert engine thread (rules, timers, state;
+                                               alerts explained by interventions under way)
           --events--> dispatcher: one thread per channel (MQTT, webhooks, e-mail teams,
                       InfluxDB alert_event), each retrying on its own
+                  `-> live feed (hub.live): alerts, online changes, zone counts, interventions
+
+    situation/{org}/events (interventions, JSON): decode thread -> SQLite store
+          (hub.interventions) -> live feed, and an annotation point that the side thread
+          writes to InfluxDB; acked with the batch like any message
 
 Start is back to front (dispatcher, alert engine, writer, decoder, then the MQTT
 subscription); stop is front to back: stop taking messages, drain the inbox through the

@@ -27,8 +27,12 @@ export HUB_MQTT_CLIENT_ID=prato-hub-demo
 HUB_API_PORT=$(.venv/bin/python -c "import socket; s=socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])")
 export HUB_API_PORT
 DEMO_KEY=$("$HUB" apikey new --id demo --org comune --role operator | sed -n 's/^key (.*): //p')
-HUB_API_KEYS=$(.venv/bin/python -c "import sys; from hub.api.security import digest; print('demo:comune:operator:' + digest(sys.argv[1]))" "$DEMO_KEY")
+# a second organisation's key: Gida owns no device here and sees only what others share
+GIDA_KEY=$("$HUB" apikey new --id gida-wall --org gida --role operator | sed -n 's/^key (.*): //p')
+HUB_API_KEYS=$(.venv/bin/python -c "import sys; from hub.api.security import digest; print('demo:comune:operator:' + digest(sys.argv[1]) + ',gida-wall:gida:operator:' + digest(sys.argv[2]))" "$DEMO_KEY" "$GIDA_KEY")
 export HUB_API_KEYS
+# who sees what: the example policy (README, "The Situation Room exchange")
+export HUB_SHARING_FILE=sharing.example.yaml
 # local InfluxDB 1.x only: production databases/buckets are created at deployment
 .venv/bin/python -c "import sys; from hub import devservices; devservices.create_database(sys.argv[1], 'prato')" "$HUB_INFLUX_URL"
 
@@ -69,6 +73,12 @@ Data is arriving. In another shell:
 The API (key for this demo: $DEMO_KEY):
   http://127.0.0.1:$HUB_API_PORT/api/v1/docs
   curl -H "Authorization: Bearer $DEMO_KEY" http://127.0.0.1:$HUB_API_PORT/api/v1/views/parking/occupancy
+  curl -N -H "Authorization: Bearer $DEMO_KEY" http://127.0.0.1:$HUB_API_PORT/api/v1/live   # live feed
+As Gida (key $GIDA_KEY), only what the others share:
+  curl -H "Authorization: Bearer $GIDA_KEY" http://127.0.0.1:$HUB_API_PORT/api/v1/devices
+  curl -H "Authorization: Bearer $GIDA_KEY" -H 'Content-Type: application/json' \
+    -d '{"id": "gida:demo-1", "kind": "water_main_repair", "title": "Rottura condotta", "zone": "centro-storico", "status": "active", "planned_start": "$(date -u +%Y-%m-%dT%H:00:00Z)", "planned_end": "$(date -u -d '+4 hours' +%Y-%m-%dT%H:00:00Z)"}' \
+    http://127.0.0.1:$HUB_API_PORT/api/v1/interventions
 Ctrl-C stops everything.
 
 INFO

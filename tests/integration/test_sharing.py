@@ -471,7 +471,13 @@ def test_live_feed_delivers_alerts_within_a_second_filtered_by_policy(
     # zone counts: bays occupied per zone (shared per zone with everyone)
     wait_until(lambda: any(z["measure"] == "parking_occupied" for z in gida.of("zone")), 5, "zone")
     assert all(z["owner"] == "comune" for z in gida.of("zone"))
-    # online changes: the Comune sees Citelum's lamps (shared per device); Gida sees none
+    # online changes: Citelum's gateway goes offline; the Comune sees it (Citelum shares its
+    # cabinets per device with it), Gida does not
+    seeded.probe.publish("citelum/prato/PO-QE-7/status", b"online")
+    seeded.probe.publish("citelum/prato/PO-QE-7/status", b"offline")
+    wait_until(lambda: comune.of("device"), 5, "device event on the Comune's feed")
+    wait_until(lambda: citelum.of("device"), 5, "device event on Citelum's feed")
+    assert [(d["device_id"], d["online"]) for d in comune.of("device")] == [("PO-QE-7", False)]
     assert not gida.of("device")
     for client in clients:
         client.stop()
