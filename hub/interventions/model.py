@@ -79,14 +79,13 @@ from pydantic import (
 )
 
 from hub.errors import DecodeError
+from hub.times import EARLIEST, LATEST, aware_time
 
 MAX_PAYLOAD_BYTES = 64 * 1024
 FUTURE_TOLERANCE_MS = 5 * 60 * 1000
 DEFAULT_RADIUS_M = 100.0
 MAX_RADIUS_M = 50_000.0
 EARTH_RADIUS_M = 6_371_008.8
-EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
-LATEST = datetime(2100, 1, 1, tzinfo=UTC)
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 Kind = Literal[
@@ -156,28 +155,13 @@ def iso(moment: datetime) -> str:
 def _moment(value: Any) -> datetime:
     """An ISO 8601 string (or aware datetime) as UTC, to the millisecond."""
     if isinstance(value, str):
-        if len(value) > 64:
-            raise ValueError("is too long to be a time")
-        try:
-            moment = datetime.fromisoformat(value.strip())
-        except ValueError:
-            raise ValueError(
-                f"{value!r} is not an ISO 8601 time (e.g. 2026-11-24T08:00:00+01:00)"
-            ) from None
-    elif isinstance(value, datetime):
-        moment = value
+        utc = aware_time(value)
+    elif isinstance(value, datetime) and value.utcoffset() is not None:
+        utc = value.astimezone(UTC)
+        if not EARLIEST <= utc < LATEST:
+            raise ValueError(f"{value!s} is out of range")
     else:
         raise ValueError("must be an ISO 8601 time with a timezone, as a string")
-    if moment.tzinfo is None or moment.utcoffset() is None:
-        raise ValueError(
-            f"{value!s} has no timezone: add Z or an offset (e.g. 2026-11-24T08:00:00+01:00)"
-        )
-    try:
-        utc = moment.astimezone(UTC)
-    except OverflowError:
-        raise ValueError(f"{value!s} is out of range") from None
-    if not EARLIEST <= utc < LATEST:
-        raise ValueError(f"{value!s} is out of range ({EARLIEST:%Y-%m-%d} to {LATEST:%Y-%m-%d})")
     return utc.replace(microsecond=utc.microsecond // 1000 * 1000)
 
 
