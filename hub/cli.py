@@ -99,6 +99,8 @@ def cmd_run(_: argparse.Namespace) -> int:
     explicit = "inventory" in settings.model_fields_set
     inventory = Inventory.load(settings.inventory, required=explicit)
     policy = load_policy(settings, profiles, inventory)
+    # keys are checked against the policy before ingest starts: a bad one stops nothing half-way
+    keys = load_keys(settings, policy) if settings.api_enabled else None
     hub = Hub(settings, profiles, inventory, policy=policy)
     stop = threading.Event()
 
@@ -110,7 +112,9 @@ def cmd_run(_: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, on_signal)
     hub.start()
     server = (
-        _api_server(settings, profiles, inventory, hub, policy) if settings.api_enabled else None
+        _api_server(settings, profiles, inventory, hub, policy=policy, keys=keys)
+        if keys is not None
+        else None
     )
     stop.wait()
     hub.live.close()  # ends the live streams, so the API can finish its open requests
@@ -120,14 +124,8 @@ def cmd_run(_: argparse.Namespace) -> int:
     return 0
 
 
-def _api_server(
-    settings: Settings,
-    profiles: ProfileSet,
-    inventory: Inventory,
-    hub: Hub | None,
-    policy: Policy | None,
-) -> ApiServer:
-    """Build and start the API (with the hub's live state when ``hub`` is given)."""
+def load_keys(settings: Settings, policy: Policy | None) -> ApiKeys:
+    """The API keys, each of an organisation the sharing policy lists."""
     keys = ApiKeys.load(
         settings.api_keys_file,
         settings.api_keys.get_secret_value() if settings.api_keys else None,
@@ -136,6 +134,19 @@ def _api_server(
         log.warning("the API has no keys (HUB_API_KEYS_FILE / HUB_API_KEYS): it answers 401")
     if policy is not None:
         policy.check_members("API keys (org)", keys.organisations())
+    return keys
+
+
+def _api_server(
+    settings: Settings,
+    profiles: ProfileSet,
+    inventory: Inventory,
+    hub: Hub | None,
+    *,
+    policy: Policy | None,
+    keys: ApiKeys,
+) -> ApiServer:
+    """Build and start the API (with the hub's live state when ``hub`` is given)."""
     ctx = ApiContext(
         settings=settings,
         profiles=profiles,
@@ -163,9 +174,9 @@ def cmd_api(_: argparse.Namespace) -> int:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    server = _api_server(
-        settings, profiles, inventory, None, load_policy(settings, profiles, inventory)
-    )
+    policy = load_policy(settings, profiles, inventory)
+    keys = load_keys(settings, policy)
+    server = _api_server(settings, profiles, inventory, None, policy=policy, keys=keys)
     stop.wait()
     server.stop()
     return 0

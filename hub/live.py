@@ -14,7 +14,8 @@ is the process's start time. A client that reconnects with ``Last-Event-ID`` get
 after it that is still in the ring (the newest ``replay_size``), so a reconnect loses nothing
 unless it was away longer than the ring holds; when events it missed are gone (or the id is
 of an earlier process), the stream starts with a ``reset`` event saying so, and the client
-reloads the state from the API.
+reloads the state from the API. A connected client too slow to keep up with the ring gets a
+``reset`` event the same way.
 
 Publishing never blocks a stage: it appends to the ring under a lock and wakes the waiting
 streams through their event loops.

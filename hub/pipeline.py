@@ -21,7 +21,7 @@
                   `-> live feed (hub.live): alerts, online changes, zone counts, interventions
 
     situation/{org}/events (interventions, JSON): decode thread -> SQLite store
-          (hub.interventions) -> live feed, and an annotation point that the side thread
+          (hub.interventions) -> live feed, and an annotation point that its own thread
           writes to InfluxDB; acked with the batch like any message
 
 Start is back to front (dispatcher, alert engine, writer, decoder, then the MQTT
@@ -46,7 +46,7 @@ from hub.alerts.annotations import AlertEventStore
 from hub.alerts.engine import AlertEngine
 from hub.alerts.model import Alert, AlertEvent, explanation_for
 from hub.alerts.rules import compile_rule
-from hub.errors import StoreError
+from hub.errors import StoreError, StoreRejected
 from hub.ingest.mqtt import MqttLink, wall_clock_ms
 from hub.interventions import (
     Intervention,
@@ -55,6 +55,7 @@ from hub.interventions import (
     annotation_line,
     explaining,
 )
+from hub.interventions.model import payload_id, read_payload
 from hub.inventory import DeviceRegistry, Inventory
 from hub.live import ZONE_MEASURES, LiveFeed, ZoneMeasure, ZoneWatch
 from hub.metrics import Metrics
@@ -64,7 +65,7 @@ from hub.notify.config import load_notify_config
 from hub.notify.dispatch import Dispatcher
 from hub.profiles.profile_set import ProfileSet
 from hub.settings import Settings
-from hub.sharing import Access, Policy, access_for
+from hub.sharing import Access, Policy
 from hub.storage import lineprotocol
 from hub.storage.influx import InfluxClient
 from hub.storage.spool import Spool
@@ -83,6 +84,9 @@ INBOX_FULL_WAIT_S = 0.001
 SITUATION_TOPIC = "situation/+/events"
 INTERVENTIONS = "interventions"  # their profile name in dead letters and metrics
 ANNOTATIONS_PENDING_MAX = 10_000
+CURRENT = ("planned", "active")  # interventions that may be under way now
+INTERVENTION_PAGE = 1_000
+ANNOTATION_FLUSH_S = 0.5  # intervention annotation points: how often pending ones are written
 LIVE_FLUSH_S = 0.2  # zone counts: how often changed ones are published (each at most 1/s)
 
 
@@ -137,16 +141,7 @@ class Hub:
             self._measurements_of.setdefault(schema.profile, []).append(name)
         self.devices = DeviceRegistry(on_change=self._device_changed)
         self.zones = ZoneWatch(self.live, ZONE_MEASURES, self.owner_of, _zone_audience)
-        # interventions: SQLite is their record; each change goes to the live feed and, as an
-        # annotation point, to InfluxDB (written by the side thread, retried until it lands)
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
-        self.interventions = InterventionStore(
-            settings.data_dir / "interventions.sqlite", clock_ms=clock_ms
-        )
-        self._annotations: collections.deque[str] = collections.deque(
-            maxlen=ANNOTATIONS_PENDING_MAX
-        )
-        self.interventions.listen(self._intervention_changed)
+        self._open_interventions(settings, clock_ms)
         self.tuning = Tuning(
             batch_size=settings.batch_size,
             flush_interval_s=settings.flush_interval_s,
@@ -234,7 +229,7 @@ class Hub:
         self._clock_ms = clock_ms
         self._stats_stop = threading.Event()
         self._stats_thread: threading.Thread | None = None
-        self._live_thread: threading.Thread | None = None
+        self._side_threads: list[threading.Thread] = []
         self.metrics.gauge("inbox_depth", self.inbox.qsize)
         if self.spool is not None:
             spool = self.spool
@@ -378,14 +373,57 @@ class Hub:
                 message,
             )
         try:
+            if message.retain and self._known_intervention(message.payload):
+                # the broker replaying its retained copy at subscribe time: the hub got that
+                # message live (persistent session) and may have had newer changes since,
+                # from the API too; applying it again would undo them
+                self.metrics.inc("interventions_retained_skipped_total")
+                return None
             self.interventions.apply(org, message.payload, source=f"mqtt:{message.topic}")
         except InterventionError as exc:
             return DeadLetter(INTERVENTIONS, exc.reason, exc.detail, message)
         self.metrics.inc("interventions_stored_total", source="mqtt")
         return None
 
+    def _open_interventions(self, settings: Settings, clock_ms: Callable[[], int]) -> None:
+        """SQLite is the interventions' record; each change goes to the live feed and, as an
+        annotation point, to InfluxDB (written by a side thread, retried until it lands)."""
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        self.interventions = InterventionStore(
+            settings.data_dir / "interventions.sqlite", clock_ms=clock_ms
+        )
+        self._annotations: collections.deque[str] = collections.deque(
+            maxlen=ANNOTATIONS_PENDING_MAX
+        )
+        # the planned and active ones, in memory: alerts are explained without a query
+        self._current_lock = threading.Lock()
+        self._current: dict[str, Intervention] = {i.id: i for i in self._stored_current()}
+        policy = self.policy
+        self._accesses = {org: policy.access(org) for org in policy.organisations} if policy else {}
+        self.interventions.listen(self._intervention_changed)
+
+    def _stored_current(self) -> list[Intervention]:
+        """Every planned or active intervention in the store."""
+        found: list[Intervention] = []
+        while True:
+            page = self.interventions.list(
+                status=CURRENT, limit=INTERVENTION_PAGE, offset=len(found)
+            )
+            found += page
+            if len(page) < INTERVENTION_PAGE:
+                return found
+
+    def _known_intervention(self, payload: bytes) -> bool:
+        """Whether the message is about an intervention already stored."""
+        return self.interventions.get(payload_id(read_payload(payload))) is not None
+
     def _intervention_changed(self, item: Intervention) -> None:
         """A stored change (from MQTT or the API): live feed and annotation point."""
+        with self._current_lock:
+            if item.status in CURRENT:
+                self._current[item.id] = item
+            else:
+                self._current.pop(item.id, None)
         owner = item.owner
         self.live.publish(
             "intervention", item.to_json(), lambda access: access.sees_interventions(owner)
@@ -393,12 +431,17 @@ class Hub:
         self._annotations.append(annotation_line(item))
 
     def _write_annotations(self, store: InfluxClient) -> None:
-        """Write the pending annotation points; on failure keep them for the next round."""
+        """Write the pending annotation points: kept for the next round while InfluxDB is
+        away, dropped (logged, counted) when it calls them invalid: retrying cannot help, and
+        the store can always rebuild them."""
         if not self._annotations:
             return
         lines = list(self._annotations)
         try:
             store.write("\n".join(lines))
+        except StoreRejected as exc:
+            self.metrics.inc("annotation_points_rejected_total", len(lines))
+            log.error("InfluxDB refused %d intervention annotation points: %s", len(lines), exc)
         except StoreError as exc:
             self.metrics.inc("annotation_write_failures_total")
             log.debug("intervention annotations not written yet: %s", exc)
@@ -407,13 +450,17 @@ class Hub:
             self._annotations.popleft()
 
     def _explain(self, alert: Alert) -> dict[str, Any] | None:
-        """The intervention under way where the alert fired, among those the device's owner
-        may see (the alert engine marks the alert with it)."""
-        owner = self.owner_of(alert.device_id)
-        candidates = self.interventions.active_at(alert.fired_ms)
-        if owner is not None:  # a device without owner: any intervention may explain it
-            access = access_for(self.policy, owner)
-            candidates = [c for c in candidates if access.sees_interventions(c.owner)]
+        """The intervention under way where the alert fired (the alert engine marks the alert
+        with it). Only interventions every organisation that sees the alert may see: the
+        explanation travels with the alert to all of them (notifications included)."""
+        with self._current_lock:
+            candidates = [c for c in self._current.values() if c.under_way_at(alert.fired_ms)]
+        if self.policy is not None:
+            owner = self.owner_of(alert.device_id)
+            viewers = [a for a in self._accesses.values() if a.sees_alert(owner, alert.rule)]
+            candidates = [
+                c for c in candidates if all(v.sees_interventions(c.owner) for v in viewers)
+            ]
         listed = self.inventory.devices.get(alert.device_id)
         found = explaining(
             candidates,
@@ -442,7 +489,8 @@ class Hub:
     def _device_audience(self, device_id: str, profile: str) -> Callable[[Access], bool]:
         owner = self.owner_of(device_id)
         measurements = self._measurements_of.get(profile, [])
-        return lambda access: access.lists_device(owner, measurements)
+        # live: only to those who may see the device without a delay
+        return lambda access: access.device_delay(owner, measurements) == 0
 
     def _device_changed(self, device_id: str, profile: str, online: bool, why: str) -> None:
         listed = self.inventory.devices.get(device_id)
@@ -480,18 +528,23 @@ class Hub:
                 f"silent for rule {rule}" if silent else "spoke again",
             )
 
-    def _side_loop(self, interval_s: float) -> None:
-        """Zone counts to the live feed, intervention annotations to InfluxDB."""
+    def _zone_loop(self, interval_s: float) -> None:
+        """Zone counts to the live feed."""
+        while not self._stats_stop.wait(interval_s):
+            self.zones.flush()
+        self.zones.flush(force=True)
+
+    def _annotation_loop(self, interval_s: float) -> None:
+        """Intervention annotations to InfluxDB (its own thread: a slow InfluxDB must not hold
+        up the live feed)."""
         store = make_store(self.settings)
         try:
             # the store is the record: rewrite what is current (same series and time: one
             # point), so annotations lost with a crash come back
-            for item in self.interventions.list(status=["planned", "active"], limit=1_000):
+            for item in self._stored_current():
                 self._annotations.append(annotation_line(item))
             while not self._stats_stop.wait(interval_s):
-                self.zones.flush()
                 self._write_annotations(store)
-            self.zones.flush(force=True)
             self._write_annotations(store)
         finally:
             store.close()
@@ -557,11 +610,14 @@ class Hub:
             thread = threading.Thread(target=target, name=name, daemon=True)
             thread.start()
             self._threads.append(thread)
-        live = threading.Thread(
-            target=self._side_loop, args=(LIVE_FLUSH_S,), name="hub-side", daemon=True
+        sides: tuple[tuple[str, Callable[[float], None], float], ...] = (
+            ("hub-zones", self._zone_loop, LIVE_FLUSH_S),
+            ("hub-annotations", self._annotation_loop, ANNOTATION_FLUSH_S),
         )
-        live.start()
-        self._live_thread = live
+        for name, loop, interval_s in sides:
+            side = threading.Thread(target=loop, args=(interval_s,), name=name, daemon=True)
+            side.start()
+            self._side_threads.append(side)
         if self.settings.stats_interval_s > 0:
             stats = threading.Thread(
                 target=self._stats_loop,
@@ -597,8 +653,8 @@ class Hub:
         self._stats_stop.set()
         if self._stats_thread is not None:
             self._stats_thread.join(5)
-        if self._live_thread is not None:
-            self._live_thread.join(5)
+        for side in self._side_threads:
+            side.join(15)
         self.alerts.stop()
         self.dispatcher.stop(timeout_s=max(1.0, deadline - time.monotonic()))
         self._replay_stop.set()
@@ -616,7 +672,6 @@ def _zone_audience(measure: ZoneMeasure, owner: str | None) -> Callable[[Access]
     """Who sees a zone count of ``owner``'s devices: those granted the field per zone, live."""
 
     def sees(access: Access) -> bool:
-        grant = access.grant(owner, measure.measurement, measure.field)
-        return grant is not None and grant.delay_ms == 0 and grant.allows(("zone",))
+        return access.delay(owner, measure.measurement, (measure.field,), ("zone",)) == 0
 
     return sees

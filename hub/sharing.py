@@ -132,7 +132,7 @@ class Access:
     def __init__(self, org: str, policy: Policy | None) -> None:
         self.org = org
         self._policy = policy
-        self._cache: dict[tuple[str, str, str], Grant | None] = {}
+        self._cache: dict[tuple[str, str, str], tuple[Grant, ...]] = {}
 
     @property
     def unrestricted(self) -> bool:
@@ -147,27 +147,55 @@ class Access:
             return self.org in self._policy.unowned
         return owner == self.org
 
-    def grant(self, owner: str | None, measurement: str, field: str) -> Grant | None:
-        """How this organisation may see ``measurement.field`` of ``owner``'s devices."""
+    def grants(self, owner: str | None, measurement: str, field: str) -> tuple[Grant, ...]:
+        """Every way this organisation may see ``measurement.field`` of ``owner``'s devices
+        (one per share that names it; several shares may give it differently)."""
         if self.owns(owner):
-            return FULL
+            return (FULL,)
         if self._policy is None or not owner:
-            return None
+            return ()
         key = (owner, measurement, field)
         if key not in self._cache:
-            best: Grant | None = None
-            for share in self._policy.shares_to(self.org, owner):
-                fields = share.data.get(measurement)
-                if fields is None or (fields != ALL_FIELDS and field not in fields):
-                    continue
-                found = Grant(
+            self._cache[key] = tuple(
+                Grant(
                     frozenset(share.aggregate) if share.aggregate is not None else None,
                     share.delay_ms,
                 )
-                if best is None or found.better_than(best):
-                    best = found
-            self._cache[key] = best
+                for share in self._policy.shares_to(self.org, owner)
+                if (fields := share.data.get(measurement)) is not None
+                and (fields == ALL_FIELDS or field in fields)
+            )
         return self._cache[key]
+
+    def grant(self, owner: str | None, measurement: str, field: str) -> Grant | None:
+        """The widest of ``grants``: per device before aggregated, then the shortest delay."""
+        best: Grant | None = None
+        for found in self.grants(owner, measurement, field):
+            if best is None or found.better_than(best):
+                best = found
+        return best
+
+    def delay(
+        self,
+        owner: str | None,
+        measurement: str,
+        fields: Iterable[str],
+        grain: Iterable[str] | None,
+    ) -> int | None:
+        """How late an answer broken down by ``grain`` (``None``: per device) may show
+        ``fields`` of ``owner``'s ``measurement``: per field, the shortest delay among the
+        grants that allow that grain; the longest of those over the fields. ``None`` when
+        some field may not be shown at that grain at all."""
+        grain_set = None if grain is None else frozenset(grain)
+        longest = 0
+        for name in fields:
+            allowed = [
+                g.delay_ms for g in self.grants(owner, measurement, name) if g.allows(grain_set)
+            ]
+            if not allowed:
+                return None
+            longest = max(longest, min(allowed))
+        return longest
 
     def grant_all(self, owner: str | None, measurement: str, fields: Iterable[str]) -> Grant | None:
         """The weakest grant over ``fields`` (all of them must be visible), or ``None``."""
@@ -203,18 +231,26 @@ class Access:
             return False
         return any(s.interventions for s in self._policy.shares_to(self.org, owner))
 
+    def device_delay(self, owner: str | None, measurements: Iterable[str]) -> int | None:
+        """Whether a device of ``owner`` storing ``measurements`` is listed to this
+        organisation (its own, or some field of it shared per device): ``None`` when not,
+        else how late its live state (last seen, online) may be shown."""
+        if self.owns(owner):
+            return 0
+        if self._policy is None or not owner:
+            return None
+        wanted = set(measurements)
+        delays = [
+            share.delay_ms
+            for share in self._policy.shares_to(self.org, owner)
+            if share.aggregate is None and wanted & set(share.data)
+        ]
+        return min(delays) if delays else None
+
     def lists_device(self, owner: str | None, measurements: Iterable[str]) -> bool:
         """Whether a device of ``owner`` storing ``measurements`` is listed to this
-        organisation: its own, or some field of it shared per device."""
-        if self.owns(owner):
-            return True
-        if self._policy is None or not owner:
-            return False
-        wanted = set(measurements)
-        return any(
-            share.aggregate is None and wanted & set(share.data)
-            for share in self._policy.shares_to(self.org, owner)
-        )
+        organisation (``device_delay`` is not ``None``)."""
+        return self.device_delay(owner, measurements) is not None
 
 
 class Policy:

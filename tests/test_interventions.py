@@ -276,7 +276,7 @@ def test_only_the_owner_updates_its_intervention() -> None:
     existing = stored(parsed())
     error = error_of("comune", {"id": existing.id, "title": "mine now"}, existing)
     assert error.reason == "not_owner"
-    assert "belongs to 'cap'" in error.detail
+    assert "taken by another organisation" in error.detail
     # owner in the payload does not help: it must be the sender's own organisation
     assert error_of("comune", {"id": existing.id, "owner": "cap"}, existing).reason == (
         "owner_mismatch"
@@ -952,9 +952,9 @@ def test_operators_create_and_update_their_organisations_interventions(api: Test
 @pytest.mark.parametrize(
     ("org", "body", "status", "says"),
     [
-        ("comune", {"id": "cap:1", "title": "mine"}, 403, "belongs to 'cap'"),
+        ("comune", {"id": "cap:1", "title": "mine"}, 403, "taken by another organisation"),
         # not even visible to citelum: the id is taken all the same
-        ("citelum", {"id": "cap:1", "title": "mine"}, 403, "belongs to 'cap'"),
+        ("citelum", {"id": "cap:1", "title": "mine"}, 403, "taken by another organisation"),
         ("cap", {"id": "cap:1", "version": 7}, 409, "is at version 1, not 7"),
         ("cap", {"id": "cap:1", "status": "finished"}, 422, "unknown status 'finished'"),
         ("cap", {"id": "cap:9", "kind": "other"}, 422, "missing: title, planned_start"),

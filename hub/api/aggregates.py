@@ -110,6 +110,11 @@ class Window:
         """``end`` in epoch milliseconds."""
         return _ms(self.end)
 
+    @property
+    def empty(self) -> bool:
+        """Nothing can be in it (a window wholly inside a share's delay)."""
+        return self.end <= self.start
+
     def where(self) -> str:
         """The query's time condition."""
         return time_range(self.start, self.end)
@@ -163,7 +168,8 @@ def request_window(
 
 def delayed(window: Window, latest_ms: int) -> Window:
     """``window`` ending no later than ``latest_ms`` (shared data with a delay); a window
-    entirely after it shrinks to an empty one at ``latest_ms``."""
+    entirely after it shrinks to an ``empty`` one at ``latest_ms``, which callers answer
+    without a query."""
     if window.end_ms <= latest_ms:
         return window
     end = from_ms(latest_ms)
@@ -360,7 +366,7 @@ def router(ctx: ApiContext) -> APIRouter:
         grain.update(tag_filters)
         if devices:
             grain.add("device_id")
-        scope = scope_for(ctx, ctx.access(key), schema.name, [field], grain)
+        scope = scope_for(ctx, ctx.access(key), schema.name, [field], grain, only=devices)
         if scope.delay_ms:
             window = delayed(window, ctx.clock_ms() - scope.delay_ms)
         answer: dict[str, Any] = {
@@ -373,7 +379,7 @@ def router(ctx: ApiContext) -> APIRouter:
         }
         if scope.delay_ms:
             answer["delayed_by"] = format_interval(scope.delay_ms // 1000)
-        if not _profile_matches(ctx, schema, profiles) or scope.empty:
+        if not _profile_matches(ctx, schema, profiles) or scope.empty or window.empty:
             return answer
         conditions = [window.where()]
         visible = scope.condition()

@@ -205,10 +205,11 @@ def _devices(ctx: ApiContext) -> APIRouter:
         """Inventory devices and devices seen since start, filtered; only the caller's
         organisation's own devices and those shared with it per device."""
         access = ctx.access(key)
+        shown = (_shown(ctx, access, row) for row in _device_rows(ctx).values())
         rows = [
             row
-            for row in _device_rows(ctx).values()
-            if _listed(ctx, access, row)
+            for row in shown
+            if row is not None
             and (profile is None or row.profile == profile)
             and (zone is None or row.zone == zone)
             and (owner is None or row.owner == owner)
@@ -222,12 +223,15 @@ def _devices(ctx: ApiContext) -> APIRouter:
         """One device: inventory, last seen, latest values, online state, open alerts,
         recent dead letters and its last raw messages."""
         access = ctx.access(key)
-        rows = _device_rows(ctx)
-        row = rows.get(device_id)
+        found = _device_rows(ctx).get(device_id)
+        delay = _device_delay(ctx, access, found) if found is not None else None
         # a device the caller may not see is answered like one that does not exist
-        if row is None or not _listed(ctx, access, row):
+        if found is None or delay is None:
             raise HTTPException(404, f"no device {device_id!r} in the inventory or seen")
-        observed = ctx.hub.devices.get(device_id) if ctx.hub is not None else None
+        row = _shown(ctx, access, found)
+        assert row is not None  # noqa: S101  # visible: delay is not None
+        # its live counters only to those who see it without a delay
+        observed = ctx.hub.devices.get(device_id) if ctx.hub is not None and not delay else None
         # raw payloads and dead letters carry every field: the owner's alone
         own = access.owns(row.owner)
         return {
@@ -247,10 +251,19 @@ def _devices(ctx: ApiContext) -> APIRouter:
     return router
 
 
-def _listed(ctx: ApiContext, access: Access, row: DeviceSummary) -> bool:
-    """Whether the caller's organisation sees this device in lists and details."""
+def _device_delay(ctx: ApiContext, access: Access, row: DeviceSummary) -> int | None:
+    """``Access.device_delay`` of this device for the caller (``None``: not visible)."""
     measurements = [m.name for m in ctx.schema.values() if m.profile == row.profile]
-    return access.lists_device(row.owner, measurements)
+    return access.device_delay(row.owner, measurements)
+
+
+def _shown(ctx: ApiContext, access: Access, row: DeviceSummary) -> DeviceSummary | None:
+    """The device as the caller's organisation sees it in lists and details: ``None`` when
+    not at all; without its live state (last seen, online) when shared with a delay."""
+    delay = _device_delay(ctx, access, row)
+    if delay is None:
+        return None
+    return row if delay == 0 else row.model_copy(update={"last_seen": None, "online": None})
 
 
 def _latest(
@@ -264,9 +277,9 @@ def _latest(
             continue
         delays = {}
         for name in measurement.fields:
-            grant = access.grant(owner, measurement.name, name)
-            if grant is not None and grant.groups is None:
-                delays[name] = grant.delay_ms
+            delay = access.delay(owner, measurement.name, (name,), None)
+            if delay is not None:
+                delays[name] = delay
         if not delays:
             continue
         delay = max(delays.values())

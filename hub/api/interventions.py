@@ -42,7 +42,7 @@ from hub.interventions.store import MAX_LIMIT, OPEN_END_MS, InterventionStore
 from hub.sharing import Access
 
 # what an InterventionError means for HTTP; every other reason is the caller's input: 422
-HTTP_STATUS = {"not_owner": 403, "version_conflict": 409, "too_large": 413}
+HTTP_STATUS = {"not_owner": 403, "version_conflict": 409, "too_large": 413, "store_failed": 503}
 UNAVAILABLE = "interventions are served by the hub process (hub run)"
 
 

@@ -15,7 +15,7 @@ alone cannot name them, so with filtering they are left out).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 
 from hub.api.context import ApiContext
@@ -56,8 +56,12 @@ def scope_for(
     measurement: str,
     fields: Iterable[str],
     grain: Iterable[str] | None,
+    *,
+    only: Collection[str] = (),
 ) -> Scope:
-    """The scope of an answer reading ``fields`` of ``measurement`` broken down by ``grain``."""
+    """The scope of an answer reading ``fields`` of ``measurement`` broken down by ``grain``;
+    ``only``: the devices the request is narrowed to (its ``device_id`` filter), so that
+    another owner's delay does not hold back an answer about the caller's own devices."""
     if access.unrestricted:
         return Scope(None)
     wanted = tuple(fields)
@@ -68,16 +72,16 @@ def scope_for(
 
     def visible(owner: str) -> int | None:
         if owner not in verdict:
-            found = access.grant_all(owner or None, measurement, wanted)
-            verdict[owner] = (
-                found.delay_ms if found is not None and found.allows(grain_set) else None
-            )
+            verdict[owner] = access.delay(owner or None, measurement, wanted, grain_set)
         return verdict[owner]
 
+    narrowed = set(only)
     devices: set[str] = set()
     delay = 0
-    everything = True
+    everything = not narrowed
     for device in ctx.inventory.devices.values():
+        if narrowed and device.device_id not in narrowed:
+            continue
         shown = visible(device.owner)
         if shown is None:
             everything = False
@@ -86,10 +90,12 @@ def scope_for(
         if profile is None or device.profile == profile:
             devices.add(device.device_id)
     unowned = visible("")
+    unregistered = ctx.hub.devices.unregistered() if ctx.hub is not None else []
+    if narrowed:
+        unregistered = [d for d in unregistered if d in narrowed]
     if unowned is None:
         everything = False
-    else:
+    elif not narrowed or unregistered:
         delay = max(delay, unowned)
-        if ctx.hub is not None:
-            devices.update(d for d, seen in ctx.hub.devices.all().items() if not seen.registered)
+        devices.update(unregistered)
     return Scope(None if everything else frozenset(devices), delay)

@@ -253,6 +253,8 @@ def _occupancy_history(
     zones = filter_values("zone", zone or [])
     scope = scope_for(ctx, access, PARKING, ("occupied",), ("zone",))
     window = _delayed(ctx, request_window(ctx.clock_ms(), start, end), scope)
+    if window.empty or scope.empty:
+        return {**window.to_json(), "interval": format_interval(interval_s), "zones": []}
     buckets = check_buckets(window, interval_s)
     seed = Window(window.start - timedelta(seconds=PARKING_SILENCE_S), window.start)
     select = f"SELECT last({ident('occupied')}) AS {ident('occupied')} FROM {ident(PARKING)}"
@@ -482,6 +484,14 @@ def _lighting_energy(
     # readings before the first day are read only as the "previous reading" of the first ones
     read = _delayed(ctx, Window(window.start - timedelta(seconds=ENERGY_SEED_S), window.end), scope)
     where = _where(read, [("cabinet_id", cabinets), ("zone", zones)])
+    if scope.empty or read.empty:
+        return {
+            "group": group,
+            "timezone": str(ENERGY_TZ),
+            **window.to_json(),
+            "days": [day.isoformat() for day in days],
+            "series": [],
+        }
     visible = scope.condition()
     if visible is not None:
         where = f"{where} AND {visible}"
@@ -593,14 +603,14 @@ def _traffic_flows(
         ctx.clock_ms(), start, end, default_span_s=FLOWS_DEFAULT_S, max_span_s=FLOWS_MAX_S
     )
     check_buckets(window, HOUR_S)
-    scope = scope_for(ctx, access, TRAFFIC, read, None)
+    scope = scope_for(ctx, access, TRAFFIC, read, None, only=sites)
     window = _delayed(ctx, window, scope)
     counts = ("vehicles", *CLASSES)
     lane_tags = f"{ident('device_id')}, {ident('lane')}, {ident('direction')}"
     if scope.devices is not None:
         sites = scope.filter(sites) if sites else sorted(scope.devices)
-        if not sites:
-            return {**window.to_json(), "interval": "1h", "series": []}
+    if window.empty or (scope.devices is not None and not sites):
+        return {**window.to_json(), "interval": "1h", "series": []}
     where = _where(window, [("device_id", sites)])
     group = f"GROUP BY time({duration(HOUR_S)}), {lane_tags} fill(none)"
     sums = ", ".join(f"sum({ident(c)}) AS {ident(c)}" for c in counts)

@@ -458,7 +458,7 @@ def _check_sender(
     if existing is not None and existing.owner != org:
         raise InterventionError(
             "not_owner",
-            f"intervention {ident!r} belongs to {existing.owner!r}: only it may update it",
+            f"intervention id {ident!r} is taken by another organisation: use another id",
         )
     stored_version = existing.version if existing is not None else 0
     if "version" in body and body["version"] != stored_version:

@@ -197,9 +197,32 @@ class InterventionStore:
         body = read_payload(payload)
         ident = payload_id(body)
         with self._write_lock:
-            existing = self.get(ident)
-            merged = parse_message(org, body, existing, self._clock_ms())
-            return self.upsert(merged, source=source)
+            try:
+                existing = self.get(ident)
+                try:
+                    merged = parse_message(org, body, existing, self._clock_ms())
+                except InterventionError as exc:
+                    # a change sent again (MQTT redelivery) names the version it was made on,
+                    # now one behind: it is no conflict when it changes nothing
+                    sent = body.get("version")
+                    if (
+                        exc.reason != "version_conflict"
+                        or existing is None
+                        or not isinstance(sent, int)
+                        or sent >= existing.version
+                    ):
+                        raise
+                    again = {k: v for k, v in body.items() if k != "version"}
+                    if not _same_content(
+                        parse_message(org, again, existing, self._clock_ms()), existing
+                    ):
+                        raise
+                    return existing
+                return self.upsert(merged, source=source)
+            except sqlite3.Error as exc:
+                raise InterventionError(
+                    "store_failed", f"the interventions store failed: {exc}"
+                ) from exc
 
     def upsert(self, intervention: Intervention, *, source: str = "") -> Intervention:
         """Store ``intervention`` as the next version of its id and return it as stored
@@ -229,8 +252,8 @@ class InterventionStore:
             if current is not None and current.owner != intervention.owner:
                 raise InterventionError(
                     "not_owner",
-                    f"intervention {intervention.id!r} belongs to {current.owner!r}: only it "
-                    "may update it",
+                    f"intervention id {intervention.id!r} is taken by another organisation: "
+                    "use another id",
                 )
             if intervention.version != stored_version:
                 raise InterventionError(
@@ -288,11 +311,17 @@ class InterventionStore:
     # -- reading ---------------------------------------------------------------------------
 
     def get(self, intervention_id: str) -> Intervention | None:
-        """The intervention with this id, or ``None``."""
-        with self._lock:
-            row = self._db.execute(
-                "SELECT body FROM intervention WHERE id = ?", (intervention_id,)
-            ).fetchone()
+        """The intervention with this id, or ``None``; ``InterventionError`` (``store_failed``)
+        when SQLite fails."""
+        try:
+            with self._lock:
+                row = self._db.execute(
+                    "SELECT body FROM intervention WHERE id = ?", (intervention_id,)
+                ).fetchone()
+        except sqlite3.Error as exc:
+            raise InterventionError(
+                "store_failed", f"the interventions store failed: {exc}"
+            ) from exc
         return Intervention.model_validate_json(row[0]) if row else None
 
     def owners(self) -> builtins.list[str]:

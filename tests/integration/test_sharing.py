@@ -536,6 +536,7 @@ def test_interventions_over_mqtt_reach_the_api_feed_and_grafana_and_explain_aler
             title="Sostituzione lampade LED",
             zone="centro",
             status="active",
+            actual_start=_iso(T0 - 60 * MIN),
             **window,
         ),
     )
@@ -550,11 +551,25 @@ def test_interventions_over_mqtt_reach_the_api_feed_and_grafana_and_explain_aler
             **window,
         ),
     )
+    # the Comune's market in centro, shared with nobody, started after Citelum's works
+    seeded.probe.publish(
+        "situation/comune/events",
+        _intervention(
+            id="comune:mercato",
+            kind="public_event",
+            title="Mercato",
+            zone="centro",
+            status="active",
+            actual_start=_iso(T0 - 30 * MIN),
+            planned_start=_iso(T0 - 30 * MIN),
+            planned_end=_iso(T0 + 60 * MIN),
+        ),
+    )
     seeded.probe.publish("situation/acme/events", _intervention(id="acme:x"))
     wait_until(
-        lambda: (
-            hub.interventions.get("gida:condotta") is not None
-            and hub.interventions.get("citelum:led-centro") is not None
+        lambda: all(
+            hub.interventions.get(i) is not None
+            for i in ("gida:condotta", "citelum:led-centro", "comune:mercato")
         ),
         10,
         "interventions stored",
@@ -572,14 +587,17 @@ def test_interventions_over_mqtt_reach_the_api_feed_and_grafana_and_explain_aler
         return {i["id"] for i in response.json()["interventions"]}
 
     assert listed("gida") == {"gida:condotta", "citelum:led-centro"}
-    assert listed("comune") == {"citelum:led-centro"}
+    assert listed("comune") == {"citelum:led-centro", "comune:mercato"}
     assert listed("citelum") == {"citelum:led-centro"}
     assert seeded.get("comune", "/api/v1/interventions/gida:condotta").status_code == 404
 
     # the live feed: each organisation gets the changes it may see
     wait_until(lambda: len(gida_feed.of("intervention")) == 2, 5, "Gida's feed")
-    wait_until(lambda: comune_feed.of("intervention"), 5, "the Comune's feed")
-    assert [i["id"] for i in comune_feed.of("intervention")] == ["citelum:led-centro"]
+    wait_until(lambda: len(comune_feed.of("intervention")) == 2, 5, "the Comune's feed")
+    assert {i["id"] for i in comune_feed.of("intervention")} == {
+        "citelum:led-centro",
+        "comune:mercato",
+    }
 
     # Grafana: the dashboards' annotation query finds the works as a region
     from tests.integration.test_interventions_grafana import (  # noqa: PLC0415
@@ -603,15 +621,24 @@ def test_interventions_over_mqtt_reach_the_api_feed_and_grafana_and_explain_aler
     # alerts under way in the works' zone and time are marked as explained by them
     seeded.probe.publish(*lamp("PO-LP-7-02", T0 - 3 * MIN, faults=("DRIVER_FAILURE",)))
     seeded.probe.publish(*_health("PO-TC-017", T0 - 3 * MIN, supply_v=11.0))
+    seeded.probe.publish(*bay("PO-PB-1", "70b3d57ed0050001", T0 - 3 * MIN, flags=0b10))
 
     def alert(device: str) -> dict[str, Any] | None:
         body = seeded.get("comune", "/api/v1/alerts", device_id=device).json()
         return next(iter(body["alerts"]), None)
 
-    wait_until(lambda: alert("PO-LP-7-02") and alert("PO-TC-017"), 10, "both alerts")
+    wait_until(
+        lambda: all(alert(d) for d in ("PO-LP-7-02", "PO-TC-017", "PO-PB-1")), 10, "the alerts"
+    )
+    # the lamp alert reaches every organisation: only works all of them may see explain it
+    # (the Comune's market, newer, is hidden from Gida and Cap)
     explained = alert("PO-LP-7-02")
     assert explained is not None
     assert explained["explained_by"]["id"] == "citelum:led-centro"
+    # the bay alert is the Comune's alone: its own market, the newest works there, explains it
+    bay_alert = alert("PO-PB-1")
+    assert bay_alert is not None
+    assert bay_alert["explained_by"]["id"] == "comune:mercato"
     # Gida's works in san-paolo are not shared with the Comune, owner of the counter there
     low_supply = alert("PO-TC-017")
     assert low_supply is not None
