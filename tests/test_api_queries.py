@@ -59,7 +59,8 @@ class FakeInflux:
         self.replies.append((fragment, series))
 
     def _handle(self, request: httpx.Request) -> httpx.Response:
-        query = request.url.params["q"]
+        # long queries come as a POST form (hub.storage.influx.LONG_QUERY)
+        query = request.url.params.get("q") or httpx.QueryParams(request.content.decode())["q"]
         self.queries.append(query)
         for fragment, series in self.replies:
             if fragment in query:

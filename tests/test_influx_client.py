@@ -89,3 +89,23 @@ def test_query_errors_inside_results_are_rejections() -> None:
     client = _client(lambda r: httpx.Response(200, json={"results": [{"error": "bad syntax"}]}))
     with pytest.raises(StoreRejected, match="bad syntax"):
         client.query("SELEC nonsense")
+
+
+def test_a_long_query_goes_in_a_post_body() -> None:
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, json={"results": [{"statement_id": 0}]})
+
+    client = _client(handler)
+    short = "SELECT last(v) FROM m WHERE time > 0"
+    long = short + " AND (" + " OR ".join(f"\"device_id\" = 'd{n}'" for n in range(500)) + ")"
+    client.query(short)
+    client.query(long)
+    assert [r.method for r in seen] == ["GET", "POST"]
+    assert seen[0].url.params["q"] == short
+    assert "q" not in seen[1].url.params
+    assert seen[1].url.params["db"] == "prato"
+    assert seen[1].url.params["epoch"] == "ms"
+    assert httpx.QueryParams(seen[1].content.decode())["q"] == long

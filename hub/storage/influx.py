@@ -41,6 +41,10 @@ def _error_text(response: httpx.Response) -> str:
     return response.text[:500]
 
 
+# queries longer than this go in a POST body instead of the URL
+LONG_QUERY = 2_000
+
+
 class InfluxClient:
     """A small, thread-confined client for one InfluxDB database (and retention policy)."""
 
@@ -121,7 +125,13 @@ class InfluxClient:
             params["epoch"] = epoch  # without it InfluxDB answers RFC 3339 times
         if "rp" in self._params:
             params["rp"] = self._params["rp"]
-        response = self._send("GET", "/query", params=params)
+        if len(influxql) <= LONG_QUERY:
+            response = self._send("GET", "/query", params=params)
+        else:
+            # a long query (a sharing filter naming thousands of devices) in a form body: URLs
+            # past a few kB are refused by servers and proxies; every version takes POST
+            query = params.pop("q")
+            response = self._send("POST", "/query", params=params, data={"q": query})
         self._check(response, "query")
         results = response.json().get("results", [])
         if not results:

@@ -656,3 +656,16 @@ def test_interventions_over_mqtt_reach_the_api_feed_and_grafana_and_explain_aler
 def _health(site: str, at: int, supply_v: float) -> tuple[str, bytes]:
     body = {"ts": at, "supply_v": supply_v, "temp_c": 20.0, "door": "closed", "lane_faults": []}
     return f"traffic/{site}/health", orjson.dumps(body)
+
+
+def test_a_filter_naming_thousands_of_devices_works_on_the_real_influxdb(seeded: Seeded) -> None:
+    from hub.api.influxql import any_of  # noqa: PLC0415
+
+    devices = [f"PO-XX-{n:05d}" for n in range(3_000)] + ["PO-TC-017"]
+    query = (
+        f'SELECT sum("car") FROM "traffic_lane" WHERE time > {T0 - 3 * 60 * MIN}ms '
+        f"AND time < {T0}ms AND {any_of('device_id', devices)}"
+    )
+    assert len(query) > 50_000
+    series = seeded.harness.influx.query(query)
+    assert series[0]["values"][0][1] == 33  # PO-TC-017's two intervals, 11 + 22
