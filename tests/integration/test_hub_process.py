@@ -86,3 +86,51 @@ def test_hub_run_refuses_a_broken_profile(tmp_path: Path, services: devservices.
     )
     assert done.returncode == 2
     assert "bad.yaml: messages: List should have at least 1 item" in done.stderr
+
+
+def test_hub_run_refuses_a_sharing_policy_that_does_not_fit(
+    tmp_path: Path, services: devservices.Services
+) -> None:
+    inventory = tmp_path / "devices.csv"
+    inventory.write_text(
+        "device_id,profile,zone,lat,lon,owner,installed_at\n"
+        "PO-TC-1,traffic_counter,iolo,43.8,11.1,comune,2025-01-01\n"
+    )
+    policy = tmp_path / "sharing.yaml"
+
+    def run(policy_text: str, keys: str) -> subprocess.CompletedProcess[str]:
+        policy.write_text(policy_text)
+        env = hub_process_env(
+            services,
+            "unused",
+            tmp_path,
+            HUB_INVENTORY=str(inventory),
+            HUB_SHARING_FILE=str(policy),
+            HUB_API_KEYS=keys,
+        )
+        return subprocess.run(
+            [sys.executable, "-m", "hub.cli", "run"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
+    # an API key of an organisation the policy does not list: refused before ingest starts
+    done = run("organisations: [comune]\n", f"wall:gida:reader:{digest('k')}")
+    assert done.returncode == 2
+    assert "API keys (org): organisation 'gida' is not listed in" in done.stderr
+    assert "hub running" not in done.stderr
+    # an inventory owner it does not list
+    done = run("organisations: [gida]\n", f"wall:gida:reader:{digest('k')}")
+    assert done.returncode == 2
+    assert "(owner): organisation 'comune' is not listed" in done.stderr
+    # a share of a field no profile stores
+    bad_field = (
+        "organisations: [comune]\nshares:\n"
+        "  - {owner: comune, with: ['*'], data: {traffic_lane: [colour]}}\n"
+    )
+    done = run(bad_field, f"wall:comune:reader:{digest('k')}")
+    assert done.returncode == 2
+    assert "shares.0.data.traffic_lane: unknown field 'colour'" in done.stderr
