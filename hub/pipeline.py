@@ -44,7 +44,7 @@ from typing import Any
 
 from hub.alerts.annotations import AlertEventStore
 from hub.alerts.engine import AlertEngine
-from hub.alerts.model import Alert, AlertEvent, explanation_for
+from hub.alerts.model import Alert, AlertEvent, alert_for
 from hub.alerts.rules import compile_rule
 from hub.errors import StoreError, StoreRejected
 from hub.ingest.mqtt import MqttLink, wall_clock_ms
@@ -517,7 +517,7 @@ class Hub:
             "alert",
             {**event.to_json(), "owner": owner},
             lambda access: access.sees_alert(owner, rule),
-            explanation_for,
+            alert_for,
         )
         if (alert.profile, rule) in self._silence_rules and event.kind != "acknowledged":
             silent = event.kind == "fired"

@@ -21,13 +21,17 @@ def parse_iso_ms(text: str | None) -> int | None:
     return round(datetime.fromisoformat(text).timestamp() * 1000)
 
 
-def explanation_for(access: Access, body: dict[str, Any]) -> dict[str, Any]:
-    """An alert's JSON as ``access``'s organisation is shown it: the intervention that
-    explains it is named only to those who may see that owner's interventions."""
-    why = body.get("explained_by")
+def alert_for(access: Access, body: dict[str, Any]) -> dict[str, Any]:
+    """An alert's JSON (with its device's ``owner``) as ``access``'s organisation is shown it:
+    the intervention that explains it only to those who may see that owner's interventions,
+    and who acknowledged it (an API key id and a free note) only to the device's owner."""
+    shown = dict(body)
+    why = shown.get("explained_by")
     if why and not access.sees_interventions(str(why.get("owner", ""))):
-        return {**body, "explained_by": {"restricted": True}}
-    return body
+        shown["explained_by"] = {"restricted": True}
+    if shown.get("acknowledged_by") and not access.owns(shown.get("owner")):
+        shown["acknowledged_by"] = f"an operator of {shown.get('owner') or 'the owner'}"
+    return shown
 
 
 def iso_ms(epoch_ms: int | None) -> str | None:

@@ -21,7 +21,7 @@ from pydantic import BaseModel, Field
 
 from hub import __version__
 from hub.alerts.engine import AlertEngine
-from hub.alerts.model import SEVERITY_RANK, Alert, explanation_for, iso_ms
+from hub.alerts.model import SEVERITY_RANK, Alert, alert_for, iso_ms
 from hub.api import aggregates, interventions, live, views
 from hub.api.context import ApiContext
 from hub.api.influxql import QueryInputError, equals, ident, time_range
@@ -240,7 +240,7 @@ def _devices(ctx: ApiContext) -> APIRouter:
             "time_problems": observed.time_problems if observed else {},
             "latest": _latest(ctx, access, device_id, row.profile, row.owner),
             "open_alerts": [
-                explanation_for(access, a.to_json())
+                alert_for(access, {**a.to_json(), "owner": row.owner})
                 for a in _engine_alerts(ctx)
                 if a.device_id == device_id and access.sees_alert(row.owner, a.rule)
             ],
@@ -395,7 +395,10 @@ def _alerts(ctx: ApiContext) -> APIRouter:
         chosen.sort(key=lambda a: a.fired_ms, reverse=True)
         return {
             "total": len(chosen),
-            "alerts": [explanation_for(access, a.to_json()) for a in chosen[:limit]],
+            "alerts": [
+                alert_for(access, {**a.to_json(), "owner": _owner(ctx, a.device_id)})
+                for a in chosen[:limit]
+            ],
         }
 
     @router.post("/{alert_id}/ack")
@@ -420,6 +423,6 @@ def _alerts(ctx: ApiContext) -> APIRouter:
             alert = engine.acknowledge(alert_id, who)
         except KeyError:
             raise HTTPException(404, f"no open alert {alert_id!r}") from None
-        return explanation_for(access, alert.to_json())
+        return alert_for(access, {**alert.to_json(), "owner": owner})
 
     return router

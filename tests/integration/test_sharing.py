@@ -378,6 +378,14 @@ def test_alerts_are_seen_and_acknowledged_by_policy(seeded: Seeded) -> None:
     assert ack(OPERATORS["citelum"], bay_alert.id) == 404
     assert ack(OPERATORS["citelum"], lamp_alert.id) == 200
 
+    def acknowledged_by(org: str) -> str:
+        body = seeded.get(org, "/api/v1/alerts", rule="lamp_failure").json()
+        return str(body["alerts"][0]["acknowledged_by"])
+
+    # who acknowledged (an API key id, a note) stays with the owner's teams
+    assert acknowledged_by("citelum") == "citelum-op"
+    assert acknowledged_by("gida") == "an operator of citelum"
+
 
 # --- the live feed -------------------------------------------------------------------------
 
