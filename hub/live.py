@@ -266,6 +266,8 @@ class ZoneWatch:
     ) -> None:
         self._owner_of = owner_of
         self._by_measurement = {m.measurement: m for m in measures}
+        # per measurement: member -> (zone, on) as last seen (only the decode thread uses it)
+        self._last: dict[str, dict[str, tuple[str, bool]]] = {m.measurement: {} for m in measures}
         self._changes = {
             m.measurement: ZoneChanges(
                 feed,
@@ -286,8 +288,19 @@ class ZoneWatch:
             on = bool(measure.on(value))
         except (TypeError, ValueError):  # a value of an unexpected type counts as off
             on = False
-        member = "/".join([device_id, *(tags.get(t, "") for t in measure.member_tags)])
+        member = (
+            "/".join([device_id, *(tags.get(t, "") for t in measure.member_tags)])
+            if measure.member_tags
+            else device_id
+        )
         zone = tags.get("zone", "")
+        # the decode thread's fast path: most messages change nothing (a bay still free, a
+        # lane still flowing), and those need neither the owner nor the lock
+        last = self._last[measurement]
+        state = (zone, on)
+        if last.get(member) == state:
+            return
+        last[member] = state
         self._changes[measurement].set(self._owner_of(device_id), zone, member, on)
 
     def follows(self, measurement: str) -> ZoneMeasure | None:
