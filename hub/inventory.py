@@ -106,6 +106,11 @@ class Inventory:
             devices.append(device)
         return cls(devices)
 
+    def owner(self, device_id: str) -> str | None:
+        """The device's owner; ``None`` when it is not listed or has none."""
+        listed = self.devices.get(device_id)
+        return listed.owner or None if listed is not None else None
+
     def zone(self, device_id: str) -> str | None:
         """The device's zone, or ``None`` when it is not listed."""
         return self._zones.get(device_id)

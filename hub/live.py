@@ -195,22 +195,26 @@ class ZoneChanges:
         self._interval = min_interval_s
         self._lock = threading.Lock()
         self._state: dict[tuple[str | None, str], dict[str, bool]] = {}
+        # member -> (its key, on): where each member is, for moves and the fast path
+        self._where: dict[str, tuple[tuple[str | None, str], bool]] = {}
         self._dirty: set[tuple[str | None, str]] = set()
         self._sent_at: dict[tuple[str | None, str], float] = {}
 
     def set(self, owner: str | None, zone: str, member: str, on: bool) -> None:
         """Record that ``member`` (a bay, a lane) of ``zone`` is on (occupied, congested)."""
         key = (owner, zone)
+        # the decode thread's fast path: most messages change nothing (a bay still free, a
+        # lane still flowing), and those need no lock (only this thread writes ``_where``)
+        if self._where.get(member) == (key, on):
+            return
         with self._lock:
-            members = self._state.setdefault(key, {})
-            if members.get(member) is on:
-                return
-            # a member seen in another zone before (a moved bay) leaves it
-            if member not in members:
-                for other, others in self._state.items():
-                    if other != key and others.pop(member, None) is not None:
-                        self._dirty.add(other)
-            members[member] = on
+            previous = self._where.get(member)
+            if previous is not None and previous[0] != key:
+                # a member seen in another zone before (a moved bay) leaves it
+                self._state[previous[0]].pop(member, None)
+                self._dirty.add(previous[0])
+            self._state.setdefault(key, {})[member] = on
+            self._where[member] = (key, on)
             self._dirty.add(key)
 
     def flush(self, force: bool = False) -> int:
@@ -266,8 +270,6 @@ class ZoneWatch:
     ) -> None:
         self._owner_of = owner_of
         self._by_measurement = {m.measurement: m for m in measures}
-        # per measurement: member -> (zone, on) as last seen (only the decode thread uses it)
-        self._last: dict[str, dict[str, tuple[str, bool]]] = {m.measurement: {} for m in measures}
         self._changes = {
             m.measurement: ZoneChanges(
                 feed,
@@ -294,13 +296,6 @@ class ZoneWatch:
             else device_id
         )
         zone = tags.get("zone", "")
-        # the decode thread's fast path: most messages change nothing (a bay still free, a
-        # lane still flowing), and those need neither the owner nor the lock
-        last = self._last[measurement]
-        state = (zone, on)
-        if last.get(member) == state:
-            return
-        last[member] = state
         self._changes[measurement].set(self._owner_of(device_id), zone, member, on)
 
     def follows(self, measurement: str) -> ZoneMeasure | None:

@@ -483,8 +483,7 @@ class Hub:
 
     def owner_of(self, device_id: str) -> str | None:
         """The inventory owner of a device (``None``: not listed, or no owner)."""
-        listed = self.inventory.devices.get(device_id)
-        return listed.owner or None if listed is not None else None
+        return self.inventory.owner(device_id)
 
     def _device_audience(self, device_id: str, profile: str) -> Callable[[Access], bool]:
         owner = self.owner_of(device_id)
@@ -540,9 +539,11 @@ class Hub:
         store = make_store(self.settings)
         try:
             # the store is the record: rewrite what is current (same series and time: one
-            # point), so annotations lost with a crash come back
-            for item in self._stored_current():
-                self._annotations.append(annotation_line(item))
+            # point), so annotations lost with a crash come back; the in-memory copy of the
+            # current ones was read from it at start and follows every change
+            with self._current_lock:
+                current = list(self._current.values())
+            self._annotations.extend(annotation_line(item) for item in current)
             while not self._stats_stop.wait(interval_s):
                 self._write_annotations(store)
             self._write_annotations(store)

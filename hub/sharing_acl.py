@@ -215,11 +215,10 @@ class ConsumerBlock:
 
 def _live(access: Access, owner: str, shape: TopicShape) -> bool:
     """Whether ``access`` sees every field a message of ``shape`` carries, per device, live."""
-    for measurement, fields in shape.measurements:
-        grant = access.grant_all(owner, measurement, fields)
-        if grant is None or grant.groups is not None or grant.delay_ms != 0:
-            return False
-    return True
+    return all(
+        access.delay(owner, measurement, fields, None) == 0
+        for measurement, fields in shape.measurements
+    )
 
 
 def _alert_level(device_id: str) -> str:

@@ -165,12 +165,6 @@ def _device_rows(ctx: ApiContext) -> dict[str, DeviceSummary]:
     return rows
 
 
-def _owner(ctx: ApiContext, device_id: str) -> str | None:
-    """The inventory owner of a device; ``None`` when it has none or is not listed."""
-    listed = ctx.inventory.devices.get(device_id)
-    return listed.owner or None if listed is not None else None
-
-
 def _is_silence(ctx: ApiContext, alert: Alert) -> bool:
     for item in ctx.profiles.profiles:
         if item.profile.profile == alert.profile:
@@ -385,7 +379,7 @@ def _alerts(ctx: ApiContext) -> APIRouter:
         chosen = [
             a
             for a in alerts
-            if access.sees_alert(_owner(ctx, a.device_id), a.rule)
+            if access.sees_alert(ctx.inventory.owner(a.device_id), a.rule)
             and SEVERITY_RANK[a.severity] >= minimum
             and (profile is None or a.profile == profile)
             and (zone is None or a.zone == zone)
@@ -396,7 +390,7 @@ def _alerts(ctx: ApiContext) -> APIRouter:
         return {
             "total": len(chosen),
             "alerts": [
-                alert_for(access, {**a.to_json(), "owner": _owner(ctx, a.device_id)})
+                alert_for(access, {**a.to_json(), "owner": ctx.inventory.owner(a.device_id)})
                 for a in chosen[:limit]
             ],
         }
@@ -412,7 +406,7 @@ def _alerts(ctx: ApiContext) -> APIRouter:
         who = key.id if not body or not body.note else f"{key.id} ({body.note})"
         access = ctx.access(key)
         found = next((a for a in engine.open_alerts() if a.id == alert_id), None)
-        owner = _owner(ctx, found.device_id) if found is not None else None
+        owner = ctx.inventory.owner(found.device_id) if found is not None else None
         if found is None or not access.sees_alert(owner, found.rule):
             raise HTTPException(404, f"no open alert {alert_id!r}")
         if not access.owns(owner):
