@@ -1,15 +1,22 @@
-"""paho's PUBLISH decoding with the hub's cheaper Properties factory (hub.ingest.mqtt)."""
+"""paho's PUBLISH decoding with the hub's cheaper Properties factory, and the hub's own
+pass over plain PUBLISH packets (hub.ingest.mqtt)."""
 
 from __future__ import annotations
 
+import itertools
 import struct
 
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from paho.mqtt import _packet
 from paho.mqtt.enums import MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-import hub.ingest.mqtt  # noqa: F401  # installs the factory
+from hub.ingest.mqtt import MqttLink, _plain_publish  # importing it installs the factory
+from hub.model import RawMessage
+from hub.settings import MqttEndpoint
 
 TOPIC = b"application/prato-parking/device/a1b2c3d4e5f60708/event/up"
 PAYLOAD = b'{"deviceInfo":{"devEui":"a1b2c3d4e5f60708"},"fPort":2,"data":"AQID"}'
@@ -78,3 +85,161 @@ def test_decoded_properties_never_leak_into_the_next_packet() -> None:
     second.properties.ResponseTopic = "r"
     assert not hasattr(first.properties, "ResponseTopic")
     assert first.properties.names is second.properties.names  # only the lookup tables shared
+
+
+# -- the hub's own pass over plain PUBLISH packets ------------------------------------------
+
+
+def remaining_length(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, n = n & 0x7F, n >> 7
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def publish(
+    topic: bytes, payload: bytes, qos: int, mid: int = 0, retain: bool = False, props: bytes = b""
+) -> bytes:
+    """A whole MQTT v5 PUBLISH packet."""
+    body = struct.pack("!H", len(topic)) + topic
+    if qos:
+        body += struct.pack("!H", mid)
+    body += remaining_length(len(props)) + props + payload
+    return bytes([0x30 | qos << 1 | int(retain)]) + remaining_length(len(body)) + body
+
+
+topics = st.text(st.characters(exclude_categories=["Cs"]), min_size=1, max_size=80).map(
+    lambda t: t.encode("utf-8")
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    topic=topics,
+    payload=st.binary(max_size=20_000),
+    qos=st.sampled_from([0, 1]),
+    mid=st.integers(1, 65535),
+    retain=st.booleans(),
+)
+def test_a_plain_publish_reads_as_paho_reads_it(
+    topic: bytes, payload: bytes, qos: int, mid: int, retain: bool
+) -> None:
+    packet = publish(topic, payload, qos, mid, retain)
+    pad = b"\x00\x01"  # whatever follows the packet is not read
+    found = _plain_publish(b"xx" + packet + pad, 2)
+    assert found is not None
+    end, got_topic, got_payload, got_qos, got_mid, got_retain = found
+    assert end == 2 + len(packet)
+    body_at = 2  # after the first byte and the remaining length, whose last byte has no high bit
+    while packet[body_at - 1] & 0x80:
+        body_at += 1
+    paho = _packet.decode_publish(packet[0], packet[body_at:], MQTTProtocolVersion.MQTTv5)
+    assert (got_topic.encode("utf-8"), got_payload, got_qos, got_retain) == (
+        paho.topic,
+        paho.payload,
+        paho.qos,
+        paho.retain,
+    )
+    assert got_mid == (paho.mid if qos else 0)
+    # every truncation of the packet is "not all there": left for the next read
+    for cut in (1, 2, len(packet) // 2, len(packet) - 1):
+        assert _plain_publish(packet[:cut], 0) is None
+
+
+@pytest.mark.parametrize(
+    "packet",
+    [
+        publish(b"t/1", b"{}", 1, 5, props=expiry_type_and_user_properties()),  # properties
+        publish(b"t/1", b"{}", 2, 5)[:1] + publish(b"t/1", b"{}", 2, 5)[1:],  # QoS 2
+        bytes([0x34]) + publish(b"t/1", b"{}", 2, 5)[1:],  # QoS 2 flag byte
+        publish(b"", b"{}", 0),  # a topic alias (an empty topic name)
+        publish(b"\xff\xfe", b"{}", 0),  # a topic that is not UTF-8
+        bytes([0xD0, 0x00]),  # PINGRESP
+        bytes([0x40, 0x02, 0x00, 0x01]),  # PUBACK
+        bytes([0x30, 0xFF, 0xFF, 0xFF, 0xFF, 0x01]),  # a remaining length of five bytes
+        bytes([0x30, 0x02, 0x00, 0x05]),  # a topic longer than its packet
+    ],
+)
+def test_anything_but_a_plain_publish_is_left_to_paho(packet: bytes) -> None:
+    assert _plain_publish(packet, 0) is None
+
+
+class ChunkedSocket:
+    """A socket whose recv hands out fixed chunks, then has nothing more to read."""
+
+    def __init__(self, chunks: list[bytes]) -> None:
+        self.chunks = chunks
+
+    def recv(self, size: int) -> bytes:
+        if not self.chunks:
+            raise BlockingIOError
+        chunk = self.chunks.pop(0)
+        assert len(chunk) <= size
+        return chunk
+
+    def close(self) -> None:
+        self.chunks = []
+
+
+def receive_all(stream: bytes, cuts: list[int]) -> tuple[list[RawMessage], MqttLink]:
+    """Feed ``stream`` cut at ``cuts`` through an MqttLink's client; what its sink got."""
+    got: list[RawMessage] = []
+    link = MqttLink(MqttEndpoint("mqtt://127.0.0.1:9"), "t", clock_ms=lambda: 42)
+    edges = [0, *sorted(set(cuts)), len(stream)]
+    chunks = [stream[a:b] for a, b in itertools.pairwise(edges) if b > a]
+    client = link._client  # a unit test of the read path: no broker, a scripted socket
+    client._sock = ChunkedSocket(chunks)  # type: ignore[assignment]
+    link._sink = client.on_raw = got.append  # what start() does, without connecting
+    for _ in range(len(chunks) + 5):  # one socket read per loop_read
+        client.loop_read()
+    return got, link
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    specs=st.lists(
+        st.tuples(st.sampled_from([0, 1]), st.integers(0, 700), st.booleans()),
+        min_size=1,
+        max_size=40,
+    ),
+    data=st.data(),
+)
+def test_a_stream_cut_anywhere_delivers_every_message_once_and_in_order(
+    specs: list[tuple[int, int, bool]], data: st.DataObject
+) -> None:
+    packets: list[bytes] = []
+    expected: list[RawMessage] = []
+    for k, (qos, size, with_props) in enumerate(specs):
+        topic, payload = f"city/dev-{k}/up", bytes([k % 256]) * size
+        props = expiry_type_and_user_properties() if with_props else b""
+        packets.append(publish(topic.encode(), payload, qos, k + 1, k % 3 == 0, props))
+        expected.append(RawMessage(topic, payload, 42, qos, k + 1 if qos else 0, k % 3 == 0))
+        if k % 7 == 3:
+            packets.append(bytes([0xD0, 0x00]))  # a PINGRESP between them
+    stream = b"".join(packets)
+    cuts = data.draw(st.lists(st.integers(1, max(1, len(stream) - 1)), max_size=12))
+    got, _ = receive_all(stream, cuts)
+    assert [(m.topic, m.payload, m.qos, m.mid, m.retain) for m in got] == [
+        (m.topic, m.payload, m.qos, m.mid, m.retain) for m in expected
+    ]
+    assert all(m.received_ms == 42 for m in got)
+
+
+def test_a_paused_link_reads_no_further_message() -> None:
+    stream = b"".join(publish(b"t/%d" % k, b"{}", 1, k + 1) for k in range(10))
+    got: list[RawMessage] = []
+    link = MqttLink(MqttEndpoint("mqtt://127.0.0.1:9"), "t", clock_ms=lambda: 42)
+    client = link._client
+    client._sock = ChunkedSocket([stream])  # type: ignore[assignment]
+
+    def take(message: RawMessage) -> None:
+        got.append(message)
+        if len(got) == 3:
+            link.pause()
+
+    link._sink = client.on_raw = take
+    for _ in range(3):
+        client.loop_read()
+    assert [m.topic for m in got] == ["t/0", "t/1", "t/2"]  # the rest stays unacked
