@@ -96,6 +96,7 @@ class Tuning:
 
     batch_size: int = 5_000
     flush_interval_s: float = 1.0
+    flush_idle_s: float = 0.1
     queue_size: int = 50_000
     outbox_batches: int = 4
 
@@ -145,6 +146,7 @@ class Hub:
         self.tuning = Tuning(
             batch_size=settings.batch_size,
             flush_interval_s=settings.flush_interval_s,
+            flush_idle_s=settings.flush_idle_s,
             queue_size=max(settings.queue_size, settings.mqtt_receive_maximum + 1_000),
         )
         # SimpleQueue: a fraction of Queue's cost per message, bounded by _receive instead
@@ -315,9 +317,13 @@ class Hub:
     def _decode_loop(self) -> None:
         batch = Batch()
         size, age = self.tuning.batch_size, self.tuning.flush_interval_s
+        # A batch goes to the writer when it is full, when it is `age` old, or when it is
+        # `idle` old and the inbox has run dry: under a backlog batches fill up; when traffic
+        # is light or a burst ends, its points land `idle` after they came, not `age`.
+        idle = min(self.tuning.flush_idle_s, age)
         while True:
             now = time.monotonic()
-            timeout = max(0.0, batch.opened + age - now) if len(batch) else age
+            timeout = max(0.0, batch.opened + idle - now) if len(batch) else age
             if self._alert_chunk:
                 timeout = min(timeout, max(0.0, self._alert_chunk_opened + ALERT_CHUNK_S - now))
             try:
@@ -345,7 +351,11 @@ class Hub:
                 or now - self._alert_chunk_opened >= ALERT_CHUNK_S
             ):
                 self._hand_over_alerts()
-            if len(batch) and (batch.points >= size or now - batch.opened >= age):
+            if len(batch) and (
+                batch.points >= size
+                or now - batch.opened >= age
+                or (item is None and now - batch.opened >= idle)  # the inbox ran dry
+            ):
                 self.outbox.put(batch)
                 batch = Batch()
 

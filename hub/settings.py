@@ -70,6 +70,8 @@ class Settings(BaseSettings):
 
     batch_size: int = Field(default=5_000, ge=1)
     flush_interval_s: float = Field(default=1.0, gt=0)
+    # a batch is also written once it is this old and nothing more waits to be decoded
+    flush_idle_s: float = Field(default=0.1, gt=0)
     queue_size: int = Field(default=50_000, ge=100)
     retry_max_s: float = Field(default=30.0, gt=0)
     # on-disk spool for while InfluxDB is down (under HUB_DATA_DIR/spool); 0 turns it off

@@ -3,12 +3,16 @@ decoder (bounded by ``_receive`` itself) and the ring of each device's last raw 
 
 from __future__ import annotations
 
+import queue
 import threading
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from hub.inventory import Inventory
 from hub.model import RawMessage
-from hub.pipeline import Hub
+from hub.pipeline import _STOP, Hub
 from hub.profiles.profile_set import ProfileSet
 from hub.settings import Settings
 from hub.storage.writer import Batch
@@ -16,15 +20,18 @@ from hub.storage.writer import Batch
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _hub(tmp_path: Path) -> Hub:
+def _hub(tmp_path: Path, **overrides: Any) -> Hub:
     settings = Settings(
-        mqtt_url="mqtt://127.0.0.1:9",  # never connected: start() is not called
-        mqtt_receive_maximum=1,
-        queue_size=100,
-        profiles_dir=ROOT / "device_profiles",
-        data_dir=tmp_path,
-        stats_interval_s=0,
-        spool_max_bytes=0,
+        **{
+            "mqtt_url": "mqtt://127.0.0.1:9",  # never connected: start() is not called
+            "mqtt_receive_maximum": 1,
+            "queue_size": 100,
+            "profiles_dir": ROOT / "device_profiles",
+            "data_dir": tmp_path,
+            "stats_interval_s": 0,
+            "spool_max_bytes": 0,
+            **overrides,
+        }
     )
     return Hub(settings, ProfileSet.load(settings.profiles_dir), Inventory([]))
 
@@ -65,3 +72,44 @@ def test_each_device_keeps_its_last_three_raw_messages_capped_in_size(tmp_path: 
     assert len(ring[-1].payload) == 2_048  # the big one is cut to the cap
     assert ring[0].payload.startswith(b'{"supply_v": 2.5')
     hub.store.close()
+
+
+def _health(n: int) -> RawMessage:
+    payload = b'{"supply_v": 12.5, "temp_c": 20, "door": "closed"}'
+    return RawMessage(f"traffic/PO-TC-{n}/health", payload, 1_000 + n, 0)
+
+
+def _batches(hub: Hub, count: int) -> list[Batch]:
+    """The next ``count`` batches the decode stage hands to the writer (5 s for each)."""
+    found: list[Batch] = []
+    for _ in range(count):
+        try:
+            item = hub.outbox.get(timeout=5)
+        except queue.Empty:
+            pytest.fail(f"no batch {len(found) + 1} within 5 s")
+        assert isinstance(item, Batch)
+        found.append(item)
+    return found
+
+
+def test_a_backlog_fills_batches_and_its_tail_goes_out_once_the_inbox_runs_dry(
+    tmp_path: Path,
+) -> None:
+    # a flush interval of 60 s: only the idle rule can write the tail within the test's 5 s
+    hub = _hub(tmp_path, batch_size=1_000, flush_interval_s=60, flush_idle_s=0.05, queue_size=5_000)
+    hub.alerts.offer_many = lambda items: None  # type: ignore[method-assign]  # no engine here
+    for n in range(2_500):
+        hub.inbox.put(_health(n))
+    decoder = threading.Thread(target=hub._decode_loop, daemon=True)
+    decoder.start()
+    try:
+        batches = _batches(hub, 3)
+        assert not any(b.dead for b in batches)
+        assert [b.points for b in batches] == [1_000, 1_000, 500]
+        hub.inbox.put(_health(9_999))  # light traffic: one message, written on its own
+        assert [b.points for b in _batches(hub, 1)] == [1]
+    finally:
+        hub.inbox.put(_STOP)
+        decoder.join(5)
+        hub.store.close()
+    assert hub.outbox.get(timeout=1) is _STOP
