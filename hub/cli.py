@@ -11,6 +11,7 @@ hub broker ...                broker accounts; `hub broker sharing-acl`: consume
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import os
 import signal
@@ -110,6 +111,7 @@ def cmd_run(_: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    quiet_collector()
     hub.start()
     server = (
         _api_server(settings, profiles, inventory, hub, policy=policy, keys=keys)
@@ -122,6 +124,22 @@ def cmd_run(_: argparse.Namespace) -> int:
         server.stop()
     hub.stop()
     return 0
+
+
+GC_FIRST_GENERATION = 10_000  # allocations between young collections (CPython's default: 700)
+
+
+def quiet_collector() -> None:
+    """Less work for the cyclic garbage collector while the hub decodes.
+
+    Decoding allocates a few dozen containers per message, nearly all freed by reference
+    counting; with CPython's defaults the collector ran every ~20 messages, and every
+    hundredth run walked everything the process holds (modules, profiles, the inventory).
+    What exists at start-up lives as long as the process, so it is frozen out of the
+    collector's sight, and young collections run every 10,000 allocations instead of 700.
+    """
+    gc.freeze()
+    gc.set_threshold(GC_FIRST_GENERATION, *gc.get_threshold()[1:])
 
 
 def load_keys(settings: Settings, policy: Policy | None) -> ApiKeys:
