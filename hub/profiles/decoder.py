@@ -25,6 +25,7 @@ import orjson
 
 from hub.errors import DecodeError
 from hub.model import Decoded, FieldValue, Point, RawMessage, TimeProblem
+from hub.profiles.codegen import generate
 from hub.profiles.schema import (
     DelimitedSpec,
     FrameSpec,
@@ -435,13 +436,25 @@ def _compile_select(spec: SelectSpec) -> Callable[[Any], Any]:
 
 
 class _PointMaker:
-    def __init__(self, spec: PointSpec, text: TextNumbers, rows: bool) -> None:
+    def __init__(self, spec: PointSpec, text: TextNumbers, rows: bool, json_root: bool) -> None:
         self.measurement = spec.measurement
         self.each = compile_ref(spec.each) if spec.each else None
         self.each_ref = spec.each
         self.rows = rows
-        self.tags = [(n, compile_value(n, s, text)) for n, s in spec.tags.items()]
-        self.fields = [(n, compile_value(n, s, text)) for n, s in spec.fields.items()]
+
+        def compiled(specs: dict[str, ValueSpec]) -> list[tuple[str, ValueSpec, Any]]:
+            return [
+                (n, s, (compile_value(n, s, text), _finisher(s, n, _source_text(s), text)))
+                for n, s in specs.items()
+            ]
+
+        # one generated function per point spec (hub.profiles.codegen) built on these
+        self.values = generate(
+            compiled(spec.tags),
+            compiled(spec.fields),
+            json_root=json_root,
+            helpers={"MISSING": MISSING, "walk": _walk, "tag_text": _tag_text},
+        )
 
     def items(self, c: Ctx) -> Iterable[tuple[Any, str | None]]:
         if self.rows:
@@ -488,7 +501,7 @@ class MessageDecoder:
         self._device = [compile_ref(r) for r in spec.device_id]
         self._time = compile_time(spec.time)
         rows = spec.format == "delimited"
-        self._points = [_PointMaker(p, text, rows) for p in spec.points]
+        self._points = [_PointMaker(p, text, rows, spec.format == "json") for p in spec.points]
 
     def _parse(self, payload: bytes) -> Any:
         if len(payload) > MAX_PAYLOAD_BYTES:
@@ -548,18 +561,10 @@ class MessageDecoder:
         points: list[Point] = []
         problem: str | None = None
         for maker in self._points:
+            values = maker.values
             for item, key in maker.items(c):
                 c.item, c.key = item, key
-                tags = {"device_id": device_id}
-                for name, tag_eval in maker.tags:
-                    tag = tag_eval(c)
-                    if tag is not None and tag != "":
-                        tags[name] = _tag_text(name, tag)
-                fields: dict[str, FieldValue] = {}
-                for name, field_eval in maker.fields:
-                    value = field_eval(c)
-                    if value is not None:
-                        fields[name] = value
+                tags, fields = values(c, device_id)
                 time_ms, kind = self._time(c, received, device_id)
                 problem = problem or kind
                 if fields:
