@@ -119,3 +119,16 @@ def test_random_json_documents_never_raise(topic: str, document: dict[str, objec
 def test_topic_routing_never_raises_on_any_topic(topic: str) -> None:
     result = _decode(topic, b"{}")
     assert isinstance(result, Decoded | DeadLetter)
+
+
+def test_an_epoch_too_large_for_milliseconds_is_an_unparsable_time() -> None:
+    # 1.8e305 s is a finite float, but in milliseconds it overflows to infinity
+    payload = (
+        b'{"ts": 1.797693134862316e+305, "on": true, "dim": 1, "p": 1, "v": 1, "i": 1,'
+        b' "pf": 1, "e": 1, "hrs": 1}'
+    )
+    result = _decode("citelum/prato/Q/lamp/L/state", payload)
+    assert isinstance(result, Decoded)
+    assert result.time_problem is not None
+    assert result.time_problem.kind == "unparsable"
+    assert [p.time_ms for p in result.points] == [NOW]

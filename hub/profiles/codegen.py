@@ -63,32 +63,40 @@ def _path(ref: str) -> tuple[str | int, ...]:
     return tuple(int(p) if p.lstrip("-").isdigit() else p for p in ref.split("."))
 
 
-def _read(src: _Source, ref: str, json_root: bool) -> str | None:
-    """An expression reading ``ref`` like ``decoder.compile_ref`` does; None: not inlined."""
+def _read(src: _Source, ref: str, json_root: bool) -> bool:
+    """Lines reading ``ref`` into ``v`` as ``decoder.compile_ref`` does; False: not inlined."""
     prefix, sep, rest = ref.partition(":")
     if not sep:
         if ref == "payload":
-            return "root"
-        parts = _path(ref)
-        if len(parts) == 1 and isinstance(parts[0], str):
-            key = src.const(parts[0])
-            if json_root:  # a JSON message's root is an object (checked before)
-                return f"root.get({key}, MISSING)"
-            return f"(root.get({key}, MISSING) if isinstance(root, dict) else MISSING)"
-        return f"walk(root, {src.const(parts)})"
-    if prefix == "topic":
-        return f"topic.get({src.const(rest)}, MISSING)"
-    if prefix == "frame":
-        return f"frame.get({src.const(rest)}, MISSING)"
+            src.add(1, "v = root")
+            return True
+        return _walk(src, "root", _path(ref), known_dict=json_root)
+    if prefix in ("topic", "frame"):  # flat maps of names
+        src.add(1, f"v = {prefix}.get({src.const(rest)}, MISSING)")
+        return True
     if prefix == "item":
         if rest == "@key":
-            return "(MISSING if key is None else key)"
-        parts = _path(rest)
-        if len(parts) == 1 and isinstance(parts[0], str):
-            item_key = src.const(parts[0])
-            return f"(item.get({item_key}, MISSING) if isinstance(item, dict) else MISSING)"
-        return f"walk(item, {src.const(parts)})"
-    return None  # pick:
+            src.add(1, "v = MISSING if key is None else key")
+            return True
+        return _walk(src, "item", _path(rest), known_dict=False)
+    return False  # pick:
+
+
+def _walk(src: _Source, start: str, parts: tuple[str | int, ...], *, known_dict: bool) -> bool:
+    """Lines following object keys from ``start`` (``decoder._walk``: anything but an object
+    on the way gives MISSING); paths with list indexes call ``walk`` itself."""
+    if not all(isinstance(part, str) for part in parts):
+        src.add(1, f"v = walk({start}, {src.const(parts)})")
+        return True
+    value = start
+    for number, part in enumerate(parts):
+        get = f"{value}.get({src.const(part)}, MISSING)"
+        if number == 0 and known_dict:  # a JSON message's root is an object (checked before)
+            src.add(1, f"v = {get}")
+        else:
+            src.add(1, f"v = {get} if isinstance({value}, dict) else MISSING")
+        value = "v"
+    return True
 
 
 def _happy(src: _Source, spec: ValueSpec) -> list[tuple[str, str]] | None:
@@ -132,20 +140,25 @@ def _value(
     key = src.const(name)
     store = f"tags[{key}] = tag_text({key}, v)" if tag else f"fields[{key}] = v"
     keep = "v is not None and v != ''" if tag else "v is not None"
-    read = _read(src, spec.from_, json_root) if spec.from_ is not None else None
-    cases = _happy(src, spec) if read is not None else None
-    if read is None or cases is None:
+    cases = _happy(src, spec) if spec.from_ is not None else None
+    if cases is None or spec.from_ is None or not _read(src, spec.from_, json_root):
         src.add(1, f"v = {src.const(evaluator)}(c)")
         src.add(1, f"if {keep}:")
         src.add(2, store)
         return
-    src.add(1, f"v = {read}")
     for number, (condition, value) in enumerate(cases):
         src.add(1, f"{'elif' if number else 'if'} {condition}:")
         if value != "v":
             src.add(2, f"v = {value}")
-        if tag:
+        if tag and spec.type == "string":
+            # tag_text's checks, inline: text that can be a tag is stored as it is
             src.add(2, "if v:")
+            src.add(3, "if '\\n' in v or '\\r' in v or v[-1] == '\\\\':")
+            src.add(4, store)
+            src.add(3, "else:")
+            src.add(4, f"tags[{key}] = v")
+        elif tag:
+            src.add(2, "if v != '':")
             src.add(3, store)
         else:
             src.add(2, store)

@@ -336,7 +336,9 @@ def compile_time(spec: TimeSpec | None) -> Callable[[Ctx, int, str], tuple[int, 
         if fmt == "iso8601":
             value = _iso_ms(raw) if isinstance(raw, str) else None
         elif _is_number(raw) and math.isfinite(raw):
-            value = round(raw * 1000) if fmt == "epoch_s" else round(raw)
+            scaled = raw * 1000 if fmt == "epoch_s" else raw
+            # seconds near the largest float are no time: * 1000 overflows to infinity
+            value = round(scaled) if math.isfinite(scaled) else None
         if value is None:
             return received_ms, "unparsable"
         if value < received_ms - MAX_PAST_MS:
