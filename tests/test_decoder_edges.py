@@ -19,6 +19,13 @@ def _decode(topic: str, payload: bytes) -> Decoded | DeadLetter:
     return PROFILES.decode(RawMessage(topic, payload, NOW))
 
 
+def _lamp(ts: str = "1795539600", e: str = "1") -> bytes:
+    """A lamp state whose time and energy are given as JSON text."""
+    return (
+        f'{{"ts": {ts}, "on": true, "dim": 1, "p": 1, "v": 1, "i": 1, "pf": 1, "e": {e}, "hrs": 1}}'
+    ).encode()
+
+
 def test_tag_that_cannot_be_stored_is_dead_lettered() -> None:
     for bad in ("PO-TC-1\\\\", "PO-TC-1\\n2"):
         payload = (
@@ -49,11 +56,7 @@ def test_topic_no_profile_knows_is_unrouted() -> None:
 
 
 def test_huge_integer_is_bad_value() -> None:
-    payload = (
-        b'{"ts": 1795539600, "on": true, "dim": 1, "p": 1, "v": 1, "i": 1, "pf": 1,'
-        b' "e": 99999999999999999999999, "hrs": 1}'
-    )
-    result = _decode("citelum/prato/Q/lamp/L/state", payload)
+    result = _decode("citelum/prato/Q/lamp/L/state", _lamp(e="99999999999999999999999"))
     assert isinstance(result, DeadLetter)
     assert result.reason == "bad_value"
 
@@ -123,11 +126,7 @@ def test_topic_routing_never_raises_on_any_topic(topic: str) -> None:
 
 def test_an_epoch_too_large_for_milliseconds_is_an_unparsable_time() -> None:
     # 1.8e305 s is a finite float, but in milliseconds it overflows to infinity
-    payload = (
-        b'{"ts": 1.797693134862316e+305, "on": true, "dim": 1, "p": 1, "v": 1, "i": 1,'
-        b' "pf": 1, "e": 1, "hrs": 1}'
-    )
-    result = _decode("citelum/prato/Q/lamp/L/state", payload)
+    result = _decode("citelum/prato/Q/lamp/L/state", _lamp(ts="1.797693134862316e+305"))
     assert isinstance(result, Decoded)
     assert result.time_problem is not None
     assert result.time_problem.kind == "unparsable"
