@@ -1,10 +1,11 @@
 """The hub's pipeline, wired. The stages and the bounded queues between them::
 
       MQTT broker (QoS 1, persistent session, manual ack)
-          |  paho network thread: on_message only builds a RawMessage and enqueues it
+          |  network thread: only builds RawMessages and enqueues them
           v
-    [inbox]   queue of RawMessage, held under queue_size (>= Receive Maximum, so QoS 1 never
-              waits here; QoS 0 waits, pushing back on the socket)
+    [inbox]   queue of RawMessage lists (one per read of the socket), held under queue_size
+              messages (>= Receive Maximum, so QoS 1 never waits here; QoS 0 waits, pushing
+              back on the socket)
           |  decode thread: route by topic -> profile decode -> inventory zone -> line protocol;
           |  bad input becomes a DeadLetter; batches close on size or age
           v
@@ -150,10 +151,12 @@ class Hub:
             queue_size=max(settings.queue_size, settings.mqtt_receive_maximum + 1_000),
         )
         # SimpleQueue: a fraction of Queue's cost per message, bounded by _receive instead
-        self.inbox: queue.SimpleQueue[RawMessage | object] = queue.SimpleQueue()
+        # lists of messages: one put per pass over the socket's bytes, not one per message
+        self.inbox: queue.SimpleQueue[list[RawMessage] | object] = queue.SimpleQueue()
         self.outbox: queue.Queue[Batch | object] = queue.Queue(self.tuning.outbox_batches)
         self._stopping = threading.Event()
         self.received = 0
+        self._taken = 0  # messages the decoder took from the inbox
         self.link = MqttLink(
             settings.mqtt,
             settings.mqtt_client_id,
@@ -222,6 +225,7 @@ class Hub:
         # decoded messages for the alert engine, handed over in chunks: one queue operation
         # per chunk instead of per message, at most ALERT_CHUNK_S late
         self._alert_chunk: list[tuple[Decoded, int]] = []
+        self._decoded_counters: dict[str, Callable[[], None]] = {}  # per profile
         self._alert_chunk_opened = 0.0
         # for the API: recent dead letters, and the last raw messages of each device
         self.dead_letters: collections.deque[DeadLetter] = collections.deque(maxlen=1_000)
@@ -232,7 +236,7 @@ class Hub:
         self._stats_stop = threading.Event()
         self._stats_thread: threading.Thread | None = None
         self._side_threads: list[threading.Thread] = []
-        self.metrics.gauge("inbox_depth", self.inbox.qsize)
+        self.metrics.gauge("inbox_depth", lambda: float(self.inbox_depth()))
         if self.spool is not None:
             spool = self.spool
             self.metrics.gauge("spool_bytes", lambda: float(spool.bytes))
@@ -245,12 +249,21 @@ class Hub:
     # -- receive path (paho thread) ----------------------------------------------------------
 
     def _receive(self, message: RawMessage) -> None:
-        self.received += 1
+        self._receive_many([message])
+
+    def _receive_many(self, messages: list[RawMessage]) -> None:
+        """Messages read from the socket in one pass, handed to the decoder in one put."""
         # Never waits for QoS 1 (the inbox holds more than Receive Maximum). QoS 0 has no flow
         # control: waiting here pushes back on the TCP socket and the broker queues for us.
-        while self.inbox.qsize() >= self.tuning.queue_size and not self._stopping.is_set():
+        while self.inbox_depth() >= self.tuning.queue_size and not self._stopping.is_set():
             time.sleep(INBOX_FULL_WAIT_S)
-        self.inbox.put(message)
+        self.received += len(messages)
+        self.inbox.put(messages)
+
+    def inbox_depth(self) -> int:
+        """Messages received and not yet taken by the decoder."""
+        # each counter has one writer (the MQTT thread, the decode thread): no lost updates
+        return self.received - self._taken
 
     # -- decode stage -------------------------------------------------------------------------
 
@@ -302,7 +315,12 @@ class Hub:
         if not self._alert_chunk:
             self._alert_chunk_opened = time.monotonic()
         self._alert_chunk.append((result, message.received_ms))
-        self.metrics.inc("messages_decoded_total", profile=result.profile)
+        counted = self._decoded_counters.get(result.profile)
+        if counted is None:
+            counted = self._decoded_counters[result.profile] = self.metrics.counter(
+                "messages_decoded_total", profile=result.profile
+            )
+        counted()
         if result.time_problem is not None:
             self.metrics.inc(
                 "time_problems_total", profile=result.profile, kind=result.time_problem.kind
@@ -310,7 +328,12 @@ class Hub:
         if not result.points:
             batch.no_points.append(message)
             return
-        lines = "\n".join(lineprotocol.encode(point) for point in result.points)
+        points = result.points
+        lines = (
+            lineprotocol.encode(points[0])
+            if len(points) == 1
+            else "\n".join([lineprotocol.encode(point) for point in points])
+        )
         batch.entries.append(Entry(message, result.profile, lines, len(result.points)))
         batch.points += len(result.points)
 
@@ -336,15 +359,8 @@ class Hub:
                     self.outbox.put(batch)
                 self.outbox.put(_STOP)
                 return
-            if isinstance(item, RawMessage):
-                if not len(batch):
-                    batch.opened = time.monotonic()
-                try:
-                    self.decode_into(item, batch)
-                except Exception:  # the hub never stops on a payload; this is a bug path
-                    log.exception("unexpected error decoding %s", item.topic)
-                    self.metrics.inc("decode_bugs_total")
-                    batch.no_points.append(item)
+            if isinstance(item, list):
+                batch = self._decode_many(item, batch, size)
             now = time.monotonic()
             if self._alert_chunk and (
                 len(self._alert_chunk) >= ALERT_CHUNK
@@ -358,6 +374,26 @@ class Hub:
             ):
                 self.outbox.put(batch)
                 batch = Batch()
+
+    def _decode_many(self, messages: list[RawMessage], batch: Batch, size: int) -> Batch:
+        """Decode ``messages`` into ``batch``, handing it on each time it is full; the batch
+        being filled afterwards."""
+        if not len(batch):
+            batch.opened = time.monotonic()
+        for message in messages:
+            try:
+                self.decode_into(message, batch)
+            except Exception:  # the hub never stops on a payload; this is a bug path
+                log.exception("unexpected error decoding %s", message.topic)
+                self.metrics.inc("decode_bugs_total")
+                batch.no_points.append(message)
+            if batch.points >= size:
+                self.outbox.put(batch)
+                batch = Batch()
+            if len(self._alert_chunk) >= ALERT_CHUNK:
+                self._hand_over_alerts()
+        self._taken += len(messages)
+        return batch
 
     def _hand_over_alerts(self) -> None:
         if self._alert_chunk:
@@ -587,7 +623,7 @@ class Hub:
             "write_retries": int(m.total("write_retries_total")),
             "write_batches": int(m.total("write_batches_total")),
             "write_seconds": float(m.total("write_seconds_total")),
-            "inbox_depth": self.inbox.qsize(),
+            "inbox_depth": self.inbox_depth(),
             "outbox_depth": self.outbox.qsize(),
             "alerts_open": len(self.alerts.open_alerts()),
             "notifications_pending": self.dispatcher.pending(),
@@ -639,7 +675,10 @@ class Hub:
             stats.start()
             self._stats_thread = stats
         self.link.start(
-            [*self.profiles.subscriptions, SITUATION_TOPIC], self.settings.mqtt_qos, self._receive
+            [*self.profiles.subscriptions, SITUATION_TOPIC],
+            self.settings.mqtt_qos,
+            self._receive,
+            batch_sink=self._receive_many,
         )
         self.link.wait_connected(connect_timeout_s)
         log.info(

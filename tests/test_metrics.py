@@ -18,3 +18,15 @@ def test_label_values_are_escaped_so_every_sample_stays_on_one_line() -> None:
         'hub_notifications_sent_total{channel="mqtt"} 2',
         'hub_notifications_sent_total{channel="web\\"hook\\\\ops\\nteam"} 1',
     ]
+
+
+def test_a_counter_handle_adds_to_the_same_series_as_inc() -> None:
+    metrics = Metrics()
+    decoded = metrics.counter("messages_decoded_total", profile="parking_bay")
+    assert metrics.snapshot() == {}  # nothing shows before the first increment
+    decoded()
+    decoded()
+    metrics.inc("messages_decoded_total", profile="parking_bay")
+    metrics.inc("messages_decoded_total", profile="traffic_counter")
+    assert metrics.value("messages_decoded_total", profile="parking_bay") == 3
+    assert metrics.total("messages_decoded_total") == 4

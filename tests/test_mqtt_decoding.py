@@ -191,7 +191,8 @@ def receive_all(stream: bytes, cuts: list[int]) -> tuple[list[RawMessage], MqttL
     chunks = [stream[a:b] for a, b in itertools.pairwise(edges) if b > a]
     client = link._client  # a unit test of the read path: no broker, a scripted socket
     client._sock = ChunkedSocket(chunks)  # type: ignore[assignment]
-    link._sink = client.on_raw = got.append  # what start() does, without connecting
+    link._sink = got.append  # what start() does, without connecting
+    client.on_raw_many = got.extend
     for _ in range(len(chunks) + 5):  # one socket read per loop_read
         client.loop_read()
     return got, link
@@ -228,18 +229,21 @@ def test_a_stream_cut_anywhere_delivers_every_message_once_and_in_order(
 
 
 def test_a_paused_link_reads_no_further_message() -> None:
-    stream = b"".join(publish(b"t/%d" % k, b"{}", 1, k + 1) for k in range(10))
+    first = b"".join(publish(b"t/%d" % k, b"{}", 1, k + 1) for k in range(3))
+    later = b"".join(publish(b"t/%d" % k, b"{}", 1, k + 1) for k in range(3, 10))
     got: list[RawMessage] = []
     link = MqttLink(MqttEndpoint("mqtt://127.0.0.1:9"), "t", clock_ms=lambda: 42)
     client = link._client
-    client._sock = ChunkedSocket([stream])  # type: ignore[assignment]
+    client._sock = ChunkedSocket([first, later])  # type: ignore[assignment]
 
-    def take(message: RawMessage) -> None:
-        got.append(message)
-        if len(got) == 3:
-            link.pause()
+    def take(messages: list[RawMessage]) -> None:
+        got.extend(messages)
+        link.pause()
 
-    link._sink = client.on_raw = take
+    link._sink = got.append
+    client.on_raw_many = take
     for _ in range(3):
         client.loop_read()
     assert [m.topic for m in got] == ["t/0", "t/1", "t/2"]  # the rest stays unacked
+    assert client.on_raw_many is None
+    assert link._sink is None

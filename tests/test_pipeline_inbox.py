@@ -40,20 +40,21 @@ def test_a_full_inbox_holds_the_mqtt_thread_until_the_decoder_takes_one(tmp_path
     hub = _hub(tmp_path)
     limit = hub.tuning.queue_size  # at least Receive Maximum + 1,000
     message = RawMessage("citelum/lighting/PO-QE-1/status", b"{}", 0, 0)
-    for _ in range(limit):
-        hub._receive(message)
-    assert hub.inbox.qsize() == limit
+    hub._receive_many([message] * (limit - 1))  # as one read of the socket hands them over
+    hub._receive_many([message])
+    assert hub.inbox_depth() == limit
 
     extra = threading.Thread(target=hub._receive, args=(message,), daemon=True)
     extra.start()
     extra.join(0.3)
     assert extra.is_alive(), "a QoS 0 message must wait while the inbox is full"
-    assert hub.inbox.qsize() == limit
+    assert hub.inbox_depth() == limit
 
-    hub.inbox.get()  # the decoder takes one
+    hub.inbox.get()  # the decoder takes the first read's worth
+    hub._taken += limit - 1
     extra.join(10)
     assert not extra.is_alive()
-    assert hub.inbox.qsize() == limit
+    assert hub.inbox_depth() == 2
     assert hub.received == limit + 1
     hub.store.close()
 
@@ -98,18 +99,19 @@ def test_a_backlog_fills_batches_and_its_tail_goes_out_once_the_inbox_runs_dry(
     # a flush interval of 60 s: only the idle rule can write the tail within the test's 5 s
     hub = _hub(tmp_path, batch_size=1_000, flush_interval_s=60, flush_idle_s=0.05, queue_size=5_000)
     hub.alerts.offer_many = lambda items: None  # type: ignore[method-assign]  # no engine here
-    for n in range(2_500):
-        hub.inbox.put(_health(n))
+    for first in range(0, 2_500, 250):  # as reads of the socket hand them over
+        hub._receive_many([_health(n) for n in range(first, first + 250)])
     decoder = threading.Thread(target=hub._decode_loop, daemon=True)
     decoder.start()
     try:
         batches = _batches(hub, 3)
         assert not any(b.dead for b in batches)
         assert [b.points for b in batches] == [1_000, 1_000, 500]
-        hub.inbox.put(_health(9_999))  # light traffic: one message, written on its own
+        hub._receive(_health(9_999))  # light traffic: one message, written on its own
         assert [b.points for b in _batches(hub, 1)] == [1]
     finally:
         hub.inbox.put(_STOP)
         decoder.join(5)
         hub.store.close()
     assert hub.outbox.get(timeout=1) is _STOP
+    assert hub.inbox_depth() == 0

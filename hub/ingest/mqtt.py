@@ -42,6 +42,7 @@ from hub.settings import MqttEndpoint
 log = logging.getLogger(__name__)
 
 MessageSink = Callable[[RawMessage], None]
+BatchSink = Callable[[list[RawMessage]], None]
 
 
 def wall_clock_ms() -> int:
@@ -133,7 +134,7 @@ class _BufferedClient(paho.Client):
         self._read_at = 0
         self._may_read_socket = False
         #: where plain PUBLISH packets go, bypassing paho's on_message (see _read_publishes)
-        self.on_raw: MessageSink | None = None
+        self.on_raw_many: BatchSink | None = None
         self.clock_ms: Callable[[], int] = wall_clock_ms
 
     def _sock_recv(self, bufsize: int) -> bytes:
@@ -165,38 +166,40 @@ class _BufferedClient(paho.Client):
         return rc
 
     def _read_publishes(self) -> bool:
-        """Hand every complete, plain PUBLISH at the read position straight to ``on_raw``.
+        """Hand every complete, plain PUBLISH at the read position to ``on_raw_many``.
 
         paho turns each PUBLISH into an ``MQTTMessage`` through a dozen calls (packet state,
         decoding, a debug log line, the message object and its ``MQTTMessageInfo``): about
         8 us of the 10 us a message cost to receive. Here a QoS 0 or 1 PUBLISH with a topic
         name and no properties (what devices and brokers send) becomes a ``RawMessage`` in
-        one pass over the buffer. Anything else (another packet type, QoS 2, properties, a
-        topic alias, a packet not yet complete, a malformed one) stops the pass and goes
-        through paho as before. False when nothing was read here.
+        one pass over the buffer, and the pass's messages go to ``on_raw_many`` as one list.
+        Anything else (another packet type, QoS 2, properties, a topic alias, a packet not yet
+        complete, a malformed one) stops the pass and goes through paho as before. False when
+        nothing was read here.
         """
-        if self.on_raw is None:
+        if self.on_raw_many is None:
             return False
         buffer, at = self._read_buffer, self._read_at
         clock_ms = self.clock_ms
-        taken = 0
+        taken: list[RawMessage] = []
         with self._in_callback_mutex:
             while True:
-                deliver = self.on_raw  # None once paused: the rest stays unread, unacked
-                found = _plain_publish(buffer, at) if deliver is not None else None
+                found = _plain_publish(buffer, at)
                 if found is None:
                     break
                 at, topic, payload, qos, mid, retain = found
                 self._read_at = at
-                taken += 1
                 # stamped one by one, as paho's path does: a point without a device time is
                 # stored at its receive time, and one stamp for a whole read would fold a
                 # device's queued messages into one point
-                deliver(RawMessage(topic, payload, clock_ms(), qos, mid, retain))
+                taken.append(RawMessage(topic, payload, clock_ms(), qos, mid, retain))
+            deliver = self.on_raw_many  # None once paused: what was read stays unacked
+            if taken and deliver is not None:
+                deliver(taken)
         if taken:
             with self._msgtime_mutex:
                 self._last_bytes_received = time.monotonic()
-        return taken > 0
+        return bool(taken)
 
     def _handle_on_message(self, message: paho.MQTTMessage) -> None:
         # paho first matches every message's topic against per-topic callbacks; the hub
@@ -216,6 +219,14 @@ class _BufferedClient(paho.Client):
         if mids and self._manual_ack:
             packets = b"".join(_PUBACK.pack(PUBACK, 2, mid) for mid in mids)
             self._packet_queue(PUBACK, packets, 0, 0)
+
+
+def _one_by_one(sink: MessageSink) -> BatchSink:
+    def each(messages: list[RawMessage]) -> None:
+        for message in messages:
+            sink(message)
+
+    return each
 
 
 class MqttLink:
@@ -356,11 +367,22 @@ class MqttLink:
 
     # -- public surface ------------------------------------------------------------------
 
-    def start(self, subscriptions: Sequence[str], qos: int, sink: MessageSink | None) -> None:
-        """Connect in the background (with retries) and subscribe to ``subscriptions``."""
+    def start(
+        self,
+        subscriptions: Sequence[str],
+        qos: int,
+        sink: MessageSink | None,
+        *,
+        batch_sink: BatchSink | None = None,
+    ) -> None:
+        """Connect in the background (with retries) and subscribe to ``subscriptions``.
+
+        Messages go to ``sink`` one by one, or, read from the socket together, to
+        ``batch_sink`` as one list when it is given.
+        """
         self._subscriptions = [(topic, qos) for topic in subscriptions]
         self._sink = sink
-        self._client.on_raw = sink
+        self._client.on_raw_many = batch_sink or (_one_by_one(sink) if sink else None)
         self._client.connect_async(
             self._endpoint.host,
             self._endpoint.port,
@@ -392,7 +414,7 @@ class MqttLink:
     def pause(self) -> None:
         """Stop handing messages to the sink (they stay unacked, so the broker keeps them)."""
         self._sink = None
-        self._client.on_raw = None
+        self._client.on_raw_many = None
 
     def ack(self, message: RawMessage) -> None:
         """Acknowledge a QoS 1 message to the broker (no-op for QoS 0)."""
@@ -429,6 +451,6 @@ class MqttLink:
     def stop(self) -> None:
         """Disconnect cleanly and stop the network thread."""
         self._sink = None
-        self._client.on_raw = None
+        self._client.on_raw_many = None
         self._client.disconnect()
         self._client.loop_stop()

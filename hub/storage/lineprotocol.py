@@ -53,7 +53,13 @@ def encode(point: Point) -> str:
             parts.append(f",{key}={value.translate(_TAG_ESCAPES)}")
     separator = " "
     for key, field in point.fields.items():
-        parts.append(f"{separator}{key}={format_field(field)}")
+        kind = type(field)  # format_field's common cases, inline: this runs for every field
+        if kind is float:
+            parts.append(f"{separator}{key}={field!r}")
+        elif kind is int:
+            parts.append(f"{separator}{key}={field}i")
+        else:
+            parts.append(f"{separator}{key}={format_field(field)}")
         separator = ","
     parts.append(f" {point.time_ms}")
     return "".join(parts)
