@@ -72,7 +72,8 @@ class Settings(BaseSettings):
     flush_interval_s: float = Field(default=1.0, gt=0)
     # a batch is also written once it is this old and nothing more waits to be decoded
     flush_idle_s: float = Field(default=0.1, gt=0)
-    queue_size: int = Field(default=50_000, ge=100)
+    # messages received and not yet decoded, at most (raised to Receive Maximum + 1,000)
+    queue_size: int = Field(default=21_000, ge=100)
     retry_max_s: float = Field(default=30.0, gt=0)
     # on-disk spool for while InfluxDB is down (under HUB_DATA_DIR/spool); 0 turns it off
     spool_max_bytes: int = Field(default=1024**3, ge=0)
