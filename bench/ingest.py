@@ -98,6 +98,8 @@ PUBLISH_WINDOW = 1_000
 #: everything the publisher sent before it (one connection is processed in order)
 FENCE_TOPIC = "bench/fence"
 POLL_S = 0.5
+POLL_END_S = 0.05  # once NEAR_END of the points are there: the end is timed to 50 ms
+NEAR_END = 0.9
 QUERY_TIMEOUT_S = 30.0
 #: a drain fails when nothing new arrived for this long
 STALL_S = 60.0
@@ -340,7 +342,8 @@ def wait_landed(counter: PointCounter, expected: int, alive: Callable[[], bool])
             last, changed = landed, polled
         elif polled - changed > STALL_S:
             return Landing(landed, polled, False, f"no new point for {STALL_S:.0f} s")
-        time.sleep(max(0.0, polled + POLL_S - time.monotonic()))  # the poll interval
+        interval = POLL_END_S if landed >= NEAR_END * expected else POLL_S
+        time.sleep(max(0.0, polled + interval - time.monotonic()))
 
 
 # --------------------------------------------------------------------------- processes
@@ -1548,6 +1551,7 @@ def _run(args: argparse.Namespace, services: devservices.Services, tmp: Path) ->
             "hub_env": dict(args.hub_env),
             "subscriptions": setup.subscriptions,
             "poll_s": POLL_S,
+            "poll_end_s": POLL_END_S,
         },
         # every `hub run` runs the code on disk when it starts: a commit in between mixes them
         "machine": {"hub_commit": commit, **machine(services.influx_url)},
