@@ -5,15 +5,15 @@ default and type check, conversion): four or five calls per field, some sixty pe
 message, most of the decoder's time. Here the common shapes are written out as straight-line
 source, compiled once when a profile loads:
 
-- the reference read inline (a top-level key, a topic level, a frame value, a fan-out item's
-  key or its own key);
+- the reference read inline (a path of object keys in the payload, a fan-out item or a
+  picked entry; a topic level, a frame value, an item's own key);
 - the happy case checked inline: a value already of the field's type (a finite float, an int
   in 64 bits, a bool, a string), a bit of an integer, an integer or float scaled or divided;
 - everything else (a missing value, a default, a conversion, an error) handed to the very
   same compiled finisher the decoder uses, so results and error messages cannot differ.
 
-Values of other kinds (``sum``, ``count``, ``join``, ``const``, ``map``, ``pick:``) call their
-compiled evaluator as before. No text of a profile is ever pasted into the source: names,
+Values of other kinds (``sum``, ``count``, ``join``, ``const``, ``map``) call their compiled
+evaluator as before. No text of a profile is ever pasted into the source: names,
 keys and constants reach the function through its namespace, as ``_k0``, ``_k1``, ...
 """
 
@@ -63,31 +63,36 @@ def _path(ref: str) -> tuple[str | int, ...]:
     return tuple(int(p) if p.lstrip("-").isdigit() else p for p in ref.split("."))
 
 
-def _read(src: _Source, ref: str, json_root: bool) -> bool:
-    """Lines reading ``ref`` into ``v`` as ``decoder.compile_ref`` does; False: not inlined."""
+def _read(src: _Source, ref: str, json_root: bool) -> None:
+    """Lines reading ``ref`` into ``v`` as ``decoder.compile_ref`` does."""
     prefix, sep, rest = ref.partition(":")
     if not sep:
         if ref == "payload":
             src.add(1, "v = root")
-            return True
-        return _walk(src, "root", _path(ref), known_dict=json_root)
+        else:
+            _walk(src, "root", _path(ref), known_dict=json_root)
+        return
     if prefix in ("topic", "frame"):  # flat maps of names
         src.add(1, f"v = {prefix}.get({src.const(rest)}, MISSING)")
-        return True
+        return
     if prefix == "item":
         if rest == "@key":
             src.add(1, "v = MISSING if key is None else key")
-            return True
-        return _walk(src, "item", _path(rest), known_dict=False)
-    return False  # pick:
+        else:
+            _walk(src, "item", _path(rest), known_dict=False)
+        return
+    name, _, path = rest.partition(".")  # pick:name.path
+    src.add(1, f"v = c.picks.get({src.const(name)}, MISSING)")
+    if path:
+        _walk(src, "v", _path(path), known_dict=False)
 
 
-def _walk(src: _Source, start: str, parts: tuple[str | int, ...], *, known_dict: bool) -> bool:
+def _walk(src: _Source, start: str, parts: tuple[str | int, ...], *, known_dict: bool) -> None:
     """Lines following object keys from ``start`` (``decoder._walk``: anything but an object
     on the way gives MISSING); paths with list indexes call ``walk`` itself."""
     if not all(isinstance(part, str) for part in parts):
         src.add(1, f"v = walk({start}, {src.const(parts)})")
-        return True
+        return
     value = start
     for number, part in enumerate(parts):
         get = f"{value}.get({src.const(part)}, MISSING)"
@@ -96,7 +101,6 @@ def _walk(src: _Source, start: str, parts: tuple[str | int, ...], *, known_dict:
         else:
             src.add(1, f"v = {get} if isinstance({value}, dict) else MISSING")
         value = "v"
-    return True
 
 
 def _happy(src: _Source, spec: ValueSpec) -> list[tuple[str, str]] | None:
@@ -141,11 +145,12 @@ def _value(
     store = f"tags[{key}] = tag_text({key}, v)" if tag else f"fields[{key}] = v"
     keep = "v is not None and v != ''" if tag else "v is not None"
     cases = _happy(src, spec) if spec.from_ is not None else None
-    if cases is None or spec.from_ is None or not _read(src, spec.from_, json_root):
+    if cases is None or spec.from_ is None:
         src.add(1, f"v = {src.const(evaluator)}(c)")
         src.add(1, f"if {keep}:")
         src.add(2, store)
         return
+    _read(src, spec.from_, json_root)
     for number, (condition, value) in enumerate(cases):
         src.add(1, f"{'elif' if number else 'if'} {condition}:")
         if value != "v":
