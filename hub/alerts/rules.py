@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -264,11 +264,11 @@ class CompiledRule:
     when: Test | None
     clear: Test | None
     devices: re.Pattern[str] | None
+    #: ``profile.rule``: unique across profiles (built once: every evaluation uses it)
+    key: str = field(init=False)
 
-    @property
-    def key(self) -> str:
-        """``profile.rule``: unique across profiles."""
-        return f"{self.profile}.{self.rule.name}"
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "key", f"{self.profile}.{self.rule.name}")
 
 
 def compile_rule(profile: str, rule: AlertRule) -> CompiledRule:
