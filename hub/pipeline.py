@@ -4,10 +4,10 @@
           |  network thread: only builds RawMessages and enqueues them
           v
     [inbox]   queue of RawMessage lists (one per read of the socket), held under queue_size
-              messages (>= Receive Maximum, so QoS 1 never waits here; QoS 0 waits, pushing
-              back on the socket)
+              messages (> Receive Maximum; beyond it the network thread waits, pushing back
+              on the socket)
           |  decode thread: route by topic -> profile decode -> inventory zone -> line protocol;
-          |  bad input becomes a DeadLetter; batches close on size or age
+          |  bad input becomes a DeadLetter; batches close when full, old, or idle
           v
     [outbox]  bounded queue of Batch (a few batches: backpressure when InfluxDB is slow)
           |  writer thread: points -> InfluxDB /write (gzip, retry, split on reject);
