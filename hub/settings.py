@@ -70,7 +70,8 @@ class Settings(BaseSettings):
 
     batch_size: int = Field(default=5_000, ge=1)
     flush_interval_s: float = Field(default=1.0, gt=0)
-    # a batch is also written once it is this old and nothing more waits to be decoded
+    # a batch is also written once it is this old and nothing more waits to be decoded:
+    # whenever the decoder keeps up, batches go out about this often
     flush_idle_s: float = Field(default=0.1, gt=0)
     # messages received and not yet decoded, at most (raised to Receive Maximum + 1,000)
     queue_size: int = Field(default=21_000, ge=100)

@@ -100,14 +100,22 @@ def remaining_length(n: int) -> bytes:
 
 
 def publish(
-    topic: bytes, payload: bytes, qos: int, mid: int = 0, retain: bool = False, props: bytes = b""
+    topic: bytes,
+    payload: bytes,
+    qos: int,
+    mid: int = 0,
+    retain: bool = False,
+    props: bytes = b"",
+    *,
+    dup: bool = False,
 ) -> bytes:
     """A whole MQTT v5 PUBLISH packet."""
     body = struct.pack("!H", len(topic)) + topic
     if qos:
         body += struct.pack("!H", mid)
     body += remaining_length(len(props)) + props + payload
-    return bytes([0x30 | qos << 1 | int(retain)]) + remaining_length(len(body)) + body
+    first = 0x30 | int(dup) << 3 | qos << 1 | int(retain)
+    return bytes([first]) + remaining_length(len(body)) + body
 
 
 topics = st.text(st.characters(exclude_categories=["Cs"]), min_size=1, max_size=80).map(
@@ -122,11 +130,12 @@ topics = st.text(st.characters(exclude_categories=["Cs"]), min_size=1, max_size=
     qos=st.sampled_from([0, 1]),
     mid=st.integers(1, 65535),
     retain=st.booleans(),
+    dup=st.booleans(),
 )
 def test_a_plain_publish_reads_as_paho_reads_it(
-    topic: bytes, payload: bytes, qos: int, mid: int, retain: bool
+    topic: bytes, payload: bytes, qos: int, mid: int, retain: bool, dup: bool
 ) -> None:
-    packet = publish(topic, payload, qos, mid, retain)
+    packet = publish(topic, payload, qos, mid, retain, dup=dup and qos == 1)  # a redelivery
     pad = b"\x00\x01"  # whatever follows the packet is not read
     found = _plain_publish(b"xx" + packet + pad, 2)
     assert found is not None
@@ -156,6 +165,7 @@ def test_a_plain_publish_reads_as_paho_reads_it(
         bytes([0x34]) + publish(b"t/1", b"{}", 2, 5)[1:],  # QoS 2 flag byte
         publish(b"", b"{}", 0),  # a topic alias (an empty topic name)
         publish(b"\xff\xfe", b"{}", 0),  # a topic that is not UTF-8
+        publish(b"t/1", b"{}", 0, dup=True),  # DUP at QoS 0: a protocol error, paho's to judge
         bytes([0xD0, 0x00]),  # PINGRESP
         bytes([0x40, 0x02, 0x00, 0x01]),  # PUBACK
         bytes([0x30, 0xFF, 0xFF, 0xFF, 0xFF, 0x01]),  # a remaining length of five bytes
@@ -247,3 +257,69 @@ def test_a_paused_link_reads_no_further_message() -> None:
     assert [m.topic for m in got] == ["t/0", "t/1", "t/2"]  # the rest stays unacked
     assert client.on_raw_many is None
     assert link._sink is None
+
+
+class ScriptedSocket(ChunkedSocket):
+    """A ChunkedSocket that also records what the client sends."""
+
+    def __init__(self, chunks: list[bytes]) -> None:
+        super().__init__(chunks)
+        self.sent = b""
+
+    def send(self, data: bytes) -> int:
+        self.sent += bytes(data)
+        return len(data)
+
+    def pending(self) -> int:
+        return 0
+
+
+def pubacks(sent: bytes) -> list[int]:
+    """The packet ids of the PUBACKs in a stream the client wrote (4-byte PUBACKs only)."""
+    return [struct.unpack("!H", sent[i + 2 : i + 4])[0] for i in range(0, len(sent), 4)]
+
+
+def _scripted(link: MqttLink, stream: bytes) -> tuple[list[RawMessage], ScriptedSocket]:
+    """Feed ``stream`` to ``link``'s client in one read; what its sink got, what it sent."""
+    got: list[RawMessage] = []
+    client = link._client
+    sock = ScriptedSocket([stream])
+    client._sock = sock  # type: ignore[assignment]
+    link._sink = got.append  # what start() does, without connecting
+    client.on_raw_many = got.extend
+    for _ in range(3):
+        client.loop_read()
+    client.loop_write()
+    return got, sock
+
+
+def test_a_client_without_manual_acks_still_acks_every_message() -> None:
+    # paho acknowledges a QoS 1 message itself when manual acks are off (the tests' probes,
+    # any plain subscriber built on MqttLink); the fast pass must not take that away from it
+    link = MqttLink(MqttEndpoint("mqtt://127.0.0.1:9"), "t", manual_ack=False)
+    stream = b"".join(publish(b"t/%d" % k, b"{}", 1, k + 1) for k in range(5))
+    got, sock = _scripted(link, stream)
+    assert [m.mid for m in got] == [1, 2, 3, 4, 5]
+    assert sorted(pubacks(sock.sent)) == [1, 2, 3, 4, 5]
+
+
+def test_an_mqtt_3_publish_keeps_its_whole_payload() -> None:
+    # MQTT 3.1.1 has no properties byte: a payload starting with a zero byte must not lose it
+    link = MqttLink(MqttEndpoint("mqtt://127.0.0.1:9"), "t")
+    link._client._protocol = MQTTProtocolVersion.MQTTv311
+    body = struct.pack("!H", 3) + b"t/1" + struct.pack("!H", 9) + b"\x00abc"
+    got, _ = _scripted(link, bytes([0x32, len(body)]) + body)
+    assert [(m.topic, m.payload, m.mid) for m in got] == [("t/1", b"\x00abc", 9)]
+
+
+def test_an_unconfirmed_publish_of_ours_is_known_until_its_puback() -> None:
+    link = MqttLink(MqttEndpoint("mqtt://127.0.0.1:9"), "t")
+    client = link._client
+    assert not link.awaiting_confirmation()
+    mid = link.publish("hub/deadletter/x", b"{}", qos=1)  # not connected: queued
+    link.publish("hub/stats", b"{}", qos=0)  # nothing to confirm at QoS 0
+    assert link.awaiting_confirmation()
+    client._sock = ChunkedSocket([bytes([0x40, 2]) + struct.pack("!H", mid)])  # type: ignore[assignment]
+    client.loop_read()
+    assert not link.awaiting_confirmation()
+    assert link.wait_published([mid], 0)

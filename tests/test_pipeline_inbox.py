@@ -1,5 +1,5 @@
 """The decode stage's own state, without services: the inbox between the MQTT thread and the
-decoder (bounded by ``_receive`` itself) and the ring of each device's last raw messages."""
+decoder (bounded by ``_receive_many`` itself) and the ring of each device's last raw messages."""
 
 from __future__ import annotations
 
@@ -56,6 +56,26 @@ def test_a_full_inbox_holds_the_mqtt_thread_until_the_decoder_takes_one(tmp_path
     assert not extra.is_alive()
     assert hub.inbox_depth() == 2
     assert hub.received == limit + 1
+    hub.store.close()
+
+
+def test_a_full_inbox_never_holds_the_mqtt_thread_while_a_publish_of_ours_is_unconfirmed(
+    tmp_path: Path,
+) -> None:
+    # The MQTT thread is the only one that sends our publishes and reads their PUBACKs: the
+    # writer waiting for a dead letter's PUBACK holds the decoder, which is what would free
+    # the inbox; waiting here then would wait for ever.
+    hub = _hub(tmp_path)
+    limit = hub.tuning.queue_size
+    message = RawMessage("citelum/lighting/PO-QE-1/status", b"{}", 0, 0)
+    hub._receive_many([message] * limit)
+    hub.link.publish("hub/deadletter/citelum_lighting", b"{}", qos=1)  # queued, unconfirmed
+    assert hub.link.awaiting_confirmation()
+    extra = threading.Thread(target=hub._receive, args=(message,), daemon=True)
+    extra.start()
+    extra.join(5)
+    assert not extra.is_alive(), "the MQTT thread waited with a publish to confirm"
+    assert hub.inbox_depth() == limit + 1  # over the bound, for as long as it takes
     hub.store.close()
 
 

@@ -5,12 +5,14 @@ clean start off, session expiry) and manual acknowledgement: a QoS 1 message is 
 when the pipeline calls ``ack`` after its points are durably written. Until then the broker
 keeps it and redelivers it after a reconnect or a hub restart.
 
-paho runs its network loop in its own thread; ``on_message`` only builds a ``RawMessage`` and
-hands it to the sink (a bounded queue put), so decoding and I/O never run on that thread.
-paho reads a packet with three or four small ``recv`` calls and one ``select`` per packet; each
-gives up the GIL, and winning it back from the busy decode thread can take a whole switch
-interval. ``_BufferedClient`` reads the socket in 256 kB chunks and parses every packet
-already read before it waits again, so the network thread keeps the GIL while it has data.
+paho runs its network loop in its own thread, which only turns PUBLISH packets into
+``RawMessage`` objects and hands them to the sink (a bounded queue put), so decoding and I/O
+never run on that thread. paho reads a packet with three or four small ``recv`` calls and one
+``select`` per packet; each gives up the GIL, and winning it back from the busy decode thread
+can take a whole switch interval. ``_BufferedClient`` reads the socket in 256 kB chunks and
+parses every packet already read before it waits again, so the network thread keeps the GIL
+while it has data; the plain PUBLISH packets of each read skip paho's per-packet machinery
+and reach the sink as one list (``_read_publishes``).
 Reconnects use paho's exponential backoff (1 s .. 30 s); subscriptions are renewed on every
 (re)connect, with retain-handling "only on a new subscription" so a reconnect does not replay
 retained messages.
@@ -79,7 +81,9 @@ def _properties(packet_type: int) -> Properties:
 
 setattr(_packet, "Properties", _properties)  # noqa: B010  # paho's own name for it
 _PUBACK = struct.Struct("!BBH")
-_PUBLISH_QOS_0_1 = frozenset(range(0x30, 0x34))  # PUBLISH, QoS 0 or 1, any dup/retain flag
+# PUBLISH at QoS 0 or 1, retained or not; at QoS 1 also a redelivery (DUP, 0x08): the DUP
+# flag must be 0 at QoS 0
+_PUBLISH_QOS_0_1 = frozenset((0x30, 0x31, 0x32, 0x33, 0x3A, 0x3B))
 
 
 def _plain_publish(buffer: bytes, at: int) -> tuple[int, str, bytes, int, int, bool] | None:
@@ -177,7 +181,9 @@ class _BufferedClient(paho.Client):
         complete, a malformed one) stops the pass and goes through paho as before. False when
         nothing was read here.
         """
-        if self.on_raw_many is None:
+        if self.on_raw_many is None or not self._manual_ack or self._protocol != paho.MQTTv5:
+            # paho's path: it PUBACKs a QoS 1 message itself without manual acks, and parses
+            # MQTT 3.1.1 (no properties byte) - neither is the hub's own link
             return False
         buffer, at = self._read_buffer, self._read_at
         clock_ms = self.clock_ms
@@ -208,6 +214,10 @@ class _BufferedClient(paho.Client):
         if on_message is not None:
             with self._in_callback_mutex:
                 on_message(self, self._userdata, message)
+
+    def awaiting_confirmation(self) -> bool:
+        """Whether a QoS 1 publish of ours still waits for the broker's PUBACK."""
+        return bool(self._out_messages)
 
     def ack_many(self, mids: Sequence[int]) -> None:
         """PUBACK (success) for each QoS 1 ``mid``, queued as one write.
@@ -431,6 +441,11 @@ class MqttLink:
             # NO_CONN still queues a QoS 1 message: paho sends it after reconnecting.
             raise BrokerError(f"publish to {topic!r} failed: {paho.error_string(info.rc)}")
         return info.mid
+
+    def awaiting_confirmation(self) -> bool:
+        """Whether a QoS 1 publish of ours (a dead letter, a notification) still waits for
+        the broker's PUBACK: only the network thread can send it and read that PUBACK."""
+        return self._client.awaiting_confirmation()
 
     def wait_published(self, mids: Sequence[int], timeout_s: float) -> bool:
         """True once the broker confirmed every QoS 1 publish in ``mids``."""

@@ -28,6 +28,10 @@ from hub.profiles.schema import ValueSpec
 
 #: (tags, fields) of one point from the decoding context and the device id
 ValuesFn = Callable[[Any, str], tuple[dict[str, str], dict[str, FieldValue]]]
+#: the decoder's compiled value: (evaluator of the context, finisher of a value read)
+Slow = tuple[Callable[[Any], FieldValue | None], Callable[[Any], FieldValue | None]]
+#: one tag or field: its name, its spec and its compiled value
+Compiled = tuple[str, ValueSpec, Slow]
 
 _INT64 = f"{-(2**63)} <= v <= {2**63 - 1}"
 # (condition on the value read, the value to store) for a value with no transformation
@@ -129,7 +133,7 @@ def _value(
     src: _Source,
     name: str,
     spec: ValueSpec,
-    slow: tuple[Callable[[Any], Any], Callable[[Any], Any]],
+    slow: Slow,
     *,
     tag: bool,
     json_root: bool,
@@ -174,8 +178,8 @@ def _value(
 
 
 def generate(
-    tags: list[tuple[str, ValueSpec, tuple[Callable[[Any], Any], Callable[[Any], Any]]]],
-    fields: list[tuple[str, ValueSpec, tuple[Callable[[Any], Any], Callable[[Any], Any]]]],
+    tags: list[Compiled],
+    fields: list[Compiled],
     *,
     json_root: bool,
     helpers: dict[str, Any],

@@ -25,7 +25,7 @@ import orjson
 
 from hub.errors import DecodeError
 from hub.model import Decoded, FieldValue, Point, RawMessage, TimeProblem
-from hub.profiles.codegen import generate
+from hub.profiles.codegen import Compiled, generate
 from hub.profiles.schema import (
     DelimitedSpec,
     FrameSpec,
@@ -444,7 +444,7 @@ class _PointMaker:
         self.each_ref = spec.each
         self.rows = rows
 
-        def compiled(specs: dict[str, ValueSpec]) -> list[tuple[str, ValueSpec, Any]]:
+        def compiled(specs: dict[str, ValueSpec]) -> list[Compiled]:
             return [
                 (n, s, (compile_value(n, s, text), _finisher(s, n, _source_text(s), text)))
                 for n, s in specs.items()
