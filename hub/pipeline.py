@@ -261,12 +261,12 @@ class Hub:
         # per read of the socket (a read holds up to 256 kB of messages). This is the network
         # thread: while it waits, our own publishes are neither sent nor confirmed, and the
         # writer waiting for a dead letter's PUBACK would hold up the decoder and so this
-        # wait for ever. So it does not wait while a publish of ours awaits its PUBACK.
-        link = self.link
+        # wait for ever. So it does not wait while the writer waits for that confirmation.
+        writer = self.writer
         while (
             self.inbox_depth() >= self.tuning.queue_size
             and not self._stopping.is_set()
-            and not link.awaiting_confirmation()
+            and not writer.confirming_letters
         ):
             time.sleep(INBOX_FULL_WAIT_S)
         self.received += len(messages)

@@ -310,16 +310,3 @@ def test_an_mqtt_3_publish_keeps_its_whole_payload() -> None:
     body = struct.pack("!H", 3) + b"t/1" + struct.pack("!H", 9) + b"\x00abc"
     got, _ = _scripted(link, bytes([0x32, len(body)]) + body)
     assert [(m.topic, m.payload, m.mid) for m in got] == [("t/1", b"\x00abc", 9)]
-
-
-def test_an_unconfirmed_publish_of_ours_is_known_until_its_puback() -> None:
-    link = MqttLink(MqttEndpoint("mqtt://127.0.0.1:9"), "t")
-    client = link._client
-    assert not link.awaiting_confirmation()
-    mid = link.publish("hub/deadletter/x", b"{}", qos=1)  # not connected: queued
-    link.publish("hub/stats", b"{}", qos=0)  # nothing to confirm at QoS 0
-    assert link.awaiting_confirmation()
-    client._sock = ChunkedSocket([bytes([0x40, 2]) + struct.pack("!H", mid)])  # type: ignore[assignment]
-    client.loop_read()
-    assert not link.awaiting_confirmation()
-    assert link.wait_published([mid], 0)

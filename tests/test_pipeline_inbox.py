@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import queue
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -59,7 +60,7 @@ def test_a_full_inbox_holds_the_mqtt_thread_until_the_decoder_takes_one(tmp_path
     hub.store.close()
 
 
-def test_a_full_inbox_never_holds_the_mqtt_thread_while_a_publish_of_ours_is_unconfirmed(
+def test_a_full_inbox_never_holds_the_mqtt_thread_while_dead_letters_await_confirmation(
     tmp_path: Path,
 ) -> None:
     # The MQTT thread is the only one that sends our publishes and reads their PUBACKs: the
@@ -69,13 +70,28 @@ def test_a_full_inbox_never_holds_the_mqtt_thread_while_a_publish_of_ours_is_unc
     limit = hub.tuning.queue_size
     message = RawMessage("citelum/lighting/PO-QE-1/status", b"{}", 0, 0)
     hub._receive_many([message] * limit)
-    hub.link.publish("hub/deadletter/citelum_lighting", b"{}", qos=1)  # queued, unconfirmed
-    assert hub.link.awaiting_confirmation()
+    confirming = threading.Event()
+    released = threading.Event()
+
+    def wait_published(mids: Sequence[int], timeout_s: float) -> bool:
+        confirming.set()
+        return released.wait(timeout_s)  # the PUBACK the MQTT thread must read
+
+    hub.link.wait_published = wait_published  # type: ignore[method-assign]
+    batch = Batch()
+    hub.decode_into(RawMessage("traffic/PO-TC-1/health", b"not json", 0, 1, 7), batch)
+    writer = threading.Thread(target=hub.writer.commit, args=(batch,), daemon=True)
+    writer.start()
+    assert confirming.wait(5)
+    assert hub.writer.confirming_letters
     extra = threading.Thread(target=hub._receive, args=(message,), daemon=True)
     extra.start()
     extra.join(5)
-    assert not extra.is_alive(), "the MQTT thread waited with a publish to confirm"
+    assert not extra.is_alive(), "the MQTT thread waited while a dead letter needed it"
     assert hub.inbox_depth() == limit + 1  # over the bound, for as long as it takes
+    released.set()
+    writer.join(5)
+    assert not hub.writer.confirming_letters
     hub.store.close()
 
 

@@ -215,10 +215,6 @@ class _BufferedClient(paho.Client):
             with self._in_callback_mutex:
                 on_message(self, self._userdata, message)
 
-    def awaiting_confirmation(self) -> bool:
-        """Whether a QoS 1 publish of ours still waits for the broker's PUBACK."""
-        return bool(self._out_messages)
-
     def ack_many(self, mids: Sequence[int]) -> None:
         """PUBACK (success) for each QoS 1 ``mid``, queued as one write.
 
@@ -441,11 +437,6 @@ class MqttLink:
             # NO_CONN still queues a QoS 1 message: paho sends it after reconnecting.
             raise BrokerError(f"publish to {topic!r} failed: {paho.error_string(info.rc)}")
         return info.mid
-
-    def awaiting_confirmation(self) -> bool:
-        """Whether a QoS 1 publish of ours (a dead letter, a notification) still waits for
-        the broker's PUBACK: only the network thread can send it and read that PUBACK."""
-        return self._client.awaiting_confirmation()
 
     def wait_published(self, mids: Sequence[int], timeout_s: float) -> bool:
         """True once the broker confirmed every QoS 1 publish in ``mids``."""

@@ -133,6 +133,8 @@ class BatchWriter:
         self._retry_max = retry_max_s
         self._publish_timeout = publish_timeout_s
         self.last_write_s = 0.0
+        #: True while dead letters wait for the broker's confirmation (see Hub._receive_many)
+        self.confirming_letters = False
 
     def commit(self, batch: Batch) -> bool:
         """Make ``batch`` durable and ack it; False if aborted by shutdown (nothing acked)."""
@@ -223,16 +225,22 @@ class BatchWriter:
 
     def _send_letters(self, letters: list[DeadLetter]) -> None:
         def send() -> None:
-            mids = [
-                self._letters.publish(
-                    DEAD_LETTER_TOPIC.format(profile=letter.profile),
-                    dead_letter_payload(letter),
-                    qos=1,
-                )
-                for letter in letters
-            ]
-            if not self._letters.wait_published(mids, self._publish_timeout):
-                raise BrokerError("dead letters not confirmed by the broker in time")
+            # only the MQTT thread sends them and reads their PUBACKs: it must not wait for
+            # room in the inbox meanwhile (the decoder that frees it waits for this batch)
+            self.confirming_letters = True
+            try:
+                mids = [
+                    self._letters.publish(
+                        DEAD_LETTER_TOPIC.format(profile=letter.profile),
+                        dead_letter_payload(letter),
+                        qos=1,
+                    )
+                    for letter in letters
+                ]
+                if not self._letters.wait_published(mids, self._publish_timeout):
+                    raise BrokerError("dead letters not confirmed by the broker in time")
+            finally:
+                self.confirming_letters = False
 
         self._retrying(send, "deadletter")
         for letter in letters:
