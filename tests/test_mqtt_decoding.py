@@ -310,3 +310,16 @@ def test_an_mqtt_3_publish_keeps_its_whole_payload() -> None:
     body = struct.pack("!H", 3) + b"t/1" + struct.pack("!H", 9) + b"\x00abc"
     got, _ = _scripted(link, bytes([0x32, len(body)]) + body)
     assert [(m.topic, m.payload, m.mid) for m in got] == [("t/1", b"\x00abc", 9)]
+
+
+def test_a_late_confirmation_never_confirms_a_later_publish_with_the_same_id() -> None:
+    link = MqttLink(MqttEndpoint("mqtt://127.0.0.1:9"), "t")
+    client = link._client
+    mid = link.publish("hub/deadletter/x", b"1", qos=1)  # not connected: queued
+    assert not link.wait_published([mid], 0.01)  # the wait gives up
+    client._sock = ChunkedSocket([bytes([0x40, 2]) + struct.pack("!H", mid)])  # type: ignore[assignment]
+    client.loop_read()  # its PUBACK comes late
+    client._last_mid = mid - 1  # 65,535 publishes later: the same id again
+    again = link.publish("hub/deadletter/x", b"2", qos=1)
+    assert again == mid
+    assert not link.wait_published([again], 0.01), "confirmed by the earlier publish's PUBACK"

@@ -436,6 +436,12 @@ class MqttLink:
         if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
             # NO_CONN still queues a QoS 1 message: paho sends it after reconnecting.
             raise BrokerError(f"publish to {topic!r} failed: {paho.error_string(info.rc)}")
+        with self._publish_cond:
+            # (paho refuses to say for a message queued while disconnected: not sent yet)
+            if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS or not info.is_published():
+                # a confirmation of this id already recorded belongs to an earlier publish
+                # whose wait gave up (ids wrap at 65,535): it must not confirm this one
+                self._published.discard(info.mid)
         return info.mid
 
     def wait_published(self, mids: Sequence[int], timeout_s: float) -> bool:
