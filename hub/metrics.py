@@ -6,6 +6,7 @@ lock keeps snapshots consistent (an increment costs well under a microsecond).
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Callable
 
@@ -22,23 +23,17 @@ class Metrics:
 
     def inc(self, name: str, amount: float = 1, **labels: str) -> None:
         """Add ``amount`` to the counter ``name`` with ``labels``."""
-        key = tuple(sorted(labels.items()))
-        with self._lock:
-            series = self._counters.setdefault(name, {})
-            series[key] = series.get(key, 0) + amount
+        self._add(name, tuple(sorted(labels.items())), amount)
 
     def counter(self, name: str, **labels: str) -> Callable[[], None]:
         """Adding one to the counter ``name`` with ``labels``, for a hot path: the labels'
         key is built once, not at every increment."""
-        key = tuple(sorted(labels.items()))
-        lock, counters = self._lock, self._counters
+        return functools.partial(self._add, name, tuple(sorted(labels.items())), 1)
 
-        def add_one() -> None:
-            with lock:
-                series = counters.setdefault(name, {})
-                series[key] = series.get(key, 0) + 1
-
-        return add_one
+    def _add(self, name: str, key: LabelKey, amount: float) -> None:
+        with self._lock:
+            series = self._counters.setdefault(name, {})
+            series[key] = series.get(key, 0) + amount
 
     def gauge(self, name: str, read: Callable[[], float]) -> None:
         """Register a gauge read on demand (queue depths, connection state)."""

@@ -95,10 +95,10 @@ LIVE_FLUSH_S = 0.2  # zone counts: how often changed ones are published (each at
 class Tuning:
     """Batching and queue sizes (from ``Settings``)."""
 
-    batch_size: int = 5_000
-    flush_interval_s: float = 1.0
-    flush_idle_s: float = 0.1
-    queue_size: int = 21_000
+    batch_size: int
+    flush_interval_s: float
+    flush_idle_s: float
+    queue_size: int
     outbox_batches: int = 4
 
 
@@ -346,8 +346,8 @@ class Hub:
             if len(points) == 1
             else "\n".join([lineprotocol.encode(point) for point in points])
         )
-        batch.entries.append(Entry(message, result.profile, lines, len(result.points)))
-        batch.points += len(result.points)
+        batch.entries.append(Entry(message, result.profile, lines, len(points)))
+        batch.points += len(points)
 
     def _decode_loop(self) -> None:
         batch = Batch()
@@ -374,15 +374,12 @@ class Hub:
                 return
             if isinstance(item, list):
                 batch = self._decode_many(item, batch, size)
+            # full batches and alert chunks were handed on by _decode_many: here, their age
             now = time.monotonic()
-            if self._alert_chunk and (
-                len(self._alert_chunk) >= ALERT_CHUNK
-                or now - self._alert_chunk_opened >= ALERT_CHUNK_S
-            ):
+            if self._alert_chunk and now - self._alert_chunk_opened >= ALERT_CHUNK_S:
                 self._hand_over_alerts()
             if len(batch) and (
-                batch.points >= size
-                or now - batch.opened >= age
+                now - batch.opened >= age
                 or (item is None and now - batch.opened >= idle)  # the inbox ran dry
             ):
                 self.outbox.put(batch)

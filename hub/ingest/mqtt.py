@@ -110,13 +110,10 @@ def _plain_publish(buffer: bytes, at: int) -> tuple[int, str, bytes, int, int, b
     if topic_end == pos + 2:
         return None  # a topic alias: paho knows what to do (or fails as before)
     qos = (first >> 1) & 3
-    mid = 0
-    header_end = topic_end
-    if qos:
-        mid = (buffer[topic_end] << 8) | buffer[topic_end + 1] if topic_end + 2 <= end else 0
-        header_end += 2
+    header_end = topic_end + 2 if qos else topic_end  # QoS 1: a packet id after the topic
     if header_end >= end or buffer[header_end] != 0:
         return None  # properties present (or malformed): paho's path
+    mid = (buffer[topic_end] << 8) | buffer[topic_end + 1] if qos else 0
     try:
         topic = buffer[pos + 2 : topic_end].decode("utf-8")
     except UnicodeDecodeError:
@@ -252,7 +249,6 @@ class MqttLink:
         clock_ms: Callable[[], int] = wall_clock_ms,
     ) -> None:
         self._endpoint = endpoint
-        self._clock_ms = clock_ms
         self._persistent = persistent
         self._keepalive = keepalive_s
         self._client = _BufferedClient(
@@ -285,7 +281,7 @@ class MqttLink:
         self._client.on_message = self._on_message
         self._client.on_publish = self._on_publish
         self._client.on_subscribe = self._on_subscribe
-        self._client.clock_ms = clock_ms
+        self._client.clock_ms = clock_ms  # receive times, on both of its paths
 
     # -- paho callbacks (network thread) -------------------------------------------------
 
@@ -352,7 +348,7 @@ class MqttLink:
             RawMessage(
                 message.topic,
                 bytes(message.payload),
-                self._clock_ms(),
+                self._client.clock_ms(),
                 message.qos,
                 message.mid,
                 message.retain,
@@ -462,7 +458,6 @@ class MqttLink:
 
     def stop(self) -> None:
         """Disconnect cleanly and stop the network thread."""
-        self._sink = None
-        self._client.on_raw_many = None
+        self.pause()
         self._client.disconnect()
         self._client.loop_stop()

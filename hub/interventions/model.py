@@ -62,7 +62,7 @@ from __future__ import annotations
 import contextlib
 import math
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal, get_args
 
@@ -130,6 +130,12 @@ REQUIRED: frozenset[str] = frozenset({"id", "kind", "title", "status", *REQUIRED
 # control characters: never in one-line texts (they end up in tags and line protocol)
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _CONTROL_BUT_LINES = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
+def check_choice(what: str, value: str, allowed: Sequence[str]) -> None:
+    """``ValueError`` naming ``value`` and what is allowed, unless ``value`` is one of them."""
+    if value not in allowed:
+        raise ValueError(f"unknown {what} {value!r}; allowed: {', '.join(allowed)}")
 
 
 class InterventionError(DecodeError):
@@ -200,15 +206,15 @@ class Intervention(BaseModel):
     @field_validator("kind", mode="before")
     @classmethod
     def _known_kind(cls, value: Any) -> Any:
-        if isinstance(value, str) and value not in KINDS:
-            raise ValueError(f"unknown kind {value!r}; allowed: {', '.join(KINDS)}")
+        if isinstance(value, str):
+            check_choice("kind", value, KINDS)
         return value
 
     @field_validator("status", mode="before")
     @classmethod
     def _known_status(cls, value: Any) -> Any:
-        if isinstance(value, str) and value not in STATUSES:
-            raise ValueError(f"unknown status {value!r}; allowed: {', '.join(STATUSES)}")
+        if isinstance(value, str):
+            check_choice("status", value, STATUSES)
         return value
 
     @field_validator("title", "zone", "street")

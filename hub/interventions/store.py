@@ -38,6 +38,7 @@ from hub.interventions.model import (
     STATUSES,
     Intervention,
     InterventionError,
+    check_choice,
     from_ms,
     parse_message,
     payload_id,
@@ -351,9 +352,8 @@ class InterventionStore:
             among("owner", owners)
         if status is not None:
             wanted = {status} if isinstance(status, str) else set(status)
-            unknown = sorted(wanted - set(STATUSES))
-            if unknown:
-                raise ValueError(f"unknown status {unknown[0]!r}; allowed: {', '.join(STATUSES)}")
+            for each in sorted(wanted):
+                check_choice("status", each, STATUSES)
             among("status", wanted)
         if zone is not None:
             conditions.append("zone = ?")

@@ -254,6 +254,13 @@ def _finisher(
     return transformed
 
 
+def compile_finisher(
+    name: str, spec: ValueSpec, text: TextNumbers
+) -> Callable[[Any], FieldValue | None]:
+    """Default, map, bit, scaling and type conversion of a value already read."""
+    return _finisher(spec, name, _source_text(spec), text)
+
+
 def _source_text(spec: ValueSpec) -> str:
     if spec.from_ is not None:
         return spec.from_
@@ -262,10 +269,17 @@ def _source_text(spec: ValueSpec) -> str:
     return spec.count or spec.join or "const"
 
 
-def compile_value(name: str, spec: ValueSpec, text: TextNumbers) -> Evaluator:
-    """An evaluator for one field/tag: ``None`` means "absent, omit it"."""
+def compile_value(
+    name: str,
+    spec: ValueSpec,
+    text: TextNumbers,
+    finish: Callable[[Any], FieldValue | None] | None = None,
+) -> Evaluator:
+    """An evaluator for one field/tag: ``None`` means "absent, omit it". ``finish``: the
+    value's finisher (``compile_finisher``) when the caller holds it already."""
     what = name
-    finish = _finisher(spec, name, _source_text(spec), text)
+    if finish is None:
+        finish = compile_finisher(name, spec, text)
     if spec.const is not None:
         const = spec.const
         return lambda c: finish(const)
@@ -445,10 +459,11 @@ class _PointMaker:
         self.rows = rows
 
         def compiled(specs: dict[str, ValueSpec]) -> list[Compiled]:
-            return [
-                (n, s, (compile_value(n, s, text), _finisher(s, n, _source_text(s), text)))
-                for n, s in specs.items()
-            ]
+            found: list[Compiled] = []
+            for name, value in specs.items():
+                finish = compile_finisher(name, value, text)  # one, shared by both paths
+                found.append((name, value, (compile_value(name, value, text, finish), finish)))
+            return found
 
         # one generated function per point spec (hub.profiles.codegen) built on these
         self.values = generate(

@@ -75,15 +75,7 @@ def test_hub_run_refuses_a_broken_profile(tmp_path: Path, services: devservices.
     profiles = tmp_path / "profiles"
     profiles.mkdir()
     (profiles / "bad.yaml").write_text("profile: bad\nmessages: []\n")
-    env = hub_process_env(services, "unused", tmp_path, HUB_PROFILES_DIR=str(profiles))
-    done = subprocess.run(
-        [sys.executable, "-m", "hub.cli", "run"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    done = _run_hub(hub_process_env(services, "unused", tmp_path, HUB_PROFILES_DIR=str(profiles)))
     assert done.returncode == 2
     assert "bad.yaml: messages: List should have at least 1 item" in done.stderr
 
@@ -108,14 +100,7 @@ def test_hub_run_refuses_a_sharing_policy_that_does_not_fit(
             HUB_SHARING_FILE=str(policy),
             HUB_API_KEYS=keys,
         )
-        return subprocess.run(
-            [sys.executable, "-m", "hub.cli", "run"],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
+        return _run_hub(env)
 
     # an API key of an organisation the policy does not list: refused before ingest starts
     done = run("organisations: [comune]\n", f"wall:gida:reader:{digest('k')}")
@@ -134,3 +119,15 @@ def test_hub_run_refuses_a_sharing_policy_that_does_not_fit(
     done = run(bad_field, f"wall:comune:reader:{digest('k')}")
     assert done.returncode == 2
     assert "shares.0.data.traffic_lane: unknown field 'colour'" in done.stderr
+
+
+def _run_hub(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """`hub run` in ``env`` until it exits by itself (it refuses to start), its output kept."""
+    return subprocess.run(
+        [sys.executable, "-m", "hub.cli", "run"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
